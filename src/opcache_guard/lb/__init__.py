@@ -1,0 +1,1 @@
+"""Load balancer backends. Importing this package registers every backend."""

@@ -1,0 +1,1 @@
+"""Slot backends. Importing this package registers every backend."""

@@ -1,0 +1,206 @@
+"""The slots axis: a fleet-wide bound on how many hosts of a group are out of service.
+
+Everything that takes a host out of service (the periodic agent, an operator's restart, a
+rollout) first takes a slot of the host's group and releases it when the host is back.
+A group's limit is an absolute number or a percentage of its size, and a group may also
+demand a minimum number of pooled hosts. Every backend guarantees:
+
+- Counting the holders and taking a slot is one atomic step: no interleaving of takers, on
+  one machine or many, lets a group exceed its limit.
+- ``acquire`` waits at most ``timeout`` seconds and returns None when no slot came free; it
+  raises ``SlotError`` only when the backend itself failed or is unreachable.
+- Taking a slot twice for the same host and holder returns the slot already held, so a
+  repeat after a crash never takes two.
+- A holder that dies without releasing does not keep its slot forever: etcd expires the
+  lease, PoolCounter frees it with the connection, SQLite frees slots whose holder process is
+  gone or whose lease ran out. ``Slot.refresh`` keeps a long hold alive.
+- ``release`` is idempotent.
+- ``holders`` and ``status`` only read, and are safe in a dry run.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+import time
+from typing import Any, ClassVar
+
+from opcache_guard.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPolicy:
+    """A group's limits. ``limit`` is a count, or a percentage of ``size`` when it ends in %."""
+
+    name: str
+    limit: str = "1"
+    size: int = 0
+    min_pooled: int = 0
+
+    def max_out(self, size: int | None = None) -> int:
+        """Return how many hosts may be out at once; at least one when the group has hosts.
+
+        Arguments:
+            size: the live size of the group, if known; otherwise the configured size.
+        """
+        members = size if size is not None else self.size
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", self.limit)
+        if match:
+            allowed = int(members * float(match[1]) / 100)
+            allowed = max(allowed, 1)
+        else:
+            allowed = int(self.limit)
+        if self.min_pooled and members:
+            allowed = min(allowed, max(members - self.min_pooled, 0))
+        return allowed
+
+    def validate(self) -> None:
+        """Raise ConfigError for a limit that is neither a count nor a percentage."""
+        if not re.fullmatch(r"\s*(\d+|\d+(\.\d+)?\s*%)\s*", self.limit):
+            raise ConfigError(f"[slots.groups.{self.name}] limit = {self.limit!r} is invalid; "
+                              "use a count such as 2 or a percentage such as \"10%\"")
+        if self.limit.strip().endswith("%") and self.size <= 0:
+            raise ConfigError(f"[slots.groups.{self.name}] limit {self.limit} is a percentage, "
+                              "so the group needs size = NUMBER_OF_HOSTS")
+        if self.min_pooled < 0:
+            raise ConfigError(f"[slots.groups.{self.name}] min_pooled must not be negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a slot, why, and since when (Unix seconds)."""
+
+    group: str
+    host: str
+    holder: str
+    reason: str
+    since: float
+
+    @property
+    def age(self) -> float:
+        return time.time() - self.since
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStatus:
+    """A group's limit and current holders, for ``slots status``."""
+
+    policy: GroupPolicy
+    max_out: int
+    holders: list[Holder]
+
+
+class Slot(abc.ABC):
+    """A slot held by this process; the backend's handle to release it."""
+
+    def __init__(self, group: str, host: str, holder: str, reason: str) -> None:
+        self.group = group
+        self.host = host
+        self.holder = holder
+        self.reason = reason
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Give the slot back; idempotent."""
+
+    def refresh(self) -> None:  # noqa: B027 - only lease-based backends need it
+        """Keep the slot alive during a long hold."""
+
+    @property
+    def token(self) -> str:
+        """An identifier the journal stores to find this slot again after a crash."""
+        return f"{self.group}/{self.host}/{self.holder}"
+
+
+class SlotBackend(abc.ABC):
+    """One coordination store; see the module docstring for the contract."""
+
+    #: The name that selects this backend in ``[slots] backend = ...``.
+    name: ClassVar[str]
+
+    def __init__(self, groups: dict[str, GroupPolicy], dry_run: bool = False) -> None:
+        self.groups = groups
+        self.dry_run = dry_run
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, section: dict[str, Any], groups: dict[str, GroupPolicy],
+                    dry_run: bool) -> SlotBackend:
+        """Build the backend from its ``[slots]`` section."""
+
+    def policy(self, group: str) -> GroupPolicy:
+        """Return a group's policy.
+
+        Raises:
+            ConfigError: the group is not configured.
+        """
+        if group not in self.groups:
+            known = ", ".join(sorted(self.groups)) or "none"
+            raise ConfigError(f"slot group {group!r} is not configured; add "
+                              f"[slots.groups.{group}] (configured groups: {known})")
+        return self.groups[group]
+
+    @abc.abstractmethod
+    def acquire(self, group: str, host: str, reason: str, timeout: float) -> Slot | None:
+        """Take a slot of group for host, waiting at most timeout seconds; None if none came free."""
+
+    @abc.abstractmethod
+    def holders(self, group: str) -> list[Holder]:
+        """Return who holds the group's slots now."""
+
+    def release_stale(self, group: str, host: str) -> bool:
+        """Free a slot a crashed run of ours left for host; return whether one was freed.
+
+        Backends whose slots vanish with their holder (etcd leases, PoolCounter connections)
+        have nothing to do.
+        """
+        return False
+
+    def status(self) -> list[GroupStatus]:
+        """Return every configured group's limit and holders."""
+        return [GroupStatus(policy, policy.max_out(), self.holders(name))
+                for name, policy in sorted(self.groups.items())]
+
+    def close(self) -> None:  # noqa: B027 - backends with connections override it
+        """Release connections; slots of this process held by connection are freed too."""
+
+
+_BACKENDS: dict[str, type[SlotBackend]] = {}
+
+
+def register(backend: type[SlotBackend]) -> type[SlotBackend]:
+    """Class decorator that makes a backend selectable by its name."""
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def parse_groups(section: dict[str, Any]) -> dict[str, GroupPolicy]:
+    """Read ``[slots.groups.NAME]`` tables into validated policies."""
+    groups = {}
+    for name, raw in section.get("groups", {}).items():
+        unknown = sorted(set(raw) - {"limit", "size", "min_pooled"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in [slots.groups.{name}]; known "
+                              "keys: limit, min_pooled, size")
+        policy = GroupPolicy(name=name, limit=str(raw.get("limit", "1")),
+                             size=int(raw.get("size", 0)), min_pooled=int(raw.get("min_pooled", 0)))
+        policy.validate()
+        groups[name] = policy
+    return groups
+
+
+def create(section: dict[str, Any], dry_run: bool = False) -> SlotBackend:
+    """Build the slot backend that ``section['backend']`` names (default ``sqlite``).
+
+    Raises:
+        ConfigError: the backend is unknown; the message lists the known ones.
+    """
+    from opcache_guard import slots  # noqa: F401 - importing the package registers backends
+
+    name = section.get("backend", "sqlite")
+    if name not in _BACKENDS:
+        known = ", ".join(sorted(_BACKENDS))
+        raise ConfigError(f"[slots] backend = {name!r} is not a known slot backend; "
+                          f"use one of: {known}")
+    return _BACKENDS[name].from_config(section, parse_groups(section), dry_run)
