@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
-import click
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
 
-from opcache_guard import __version__
-from opcache_guard.cliutil import setup_logging
+import click
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+from rich.console import Console
+
+from opcache_guard import __version__, output
+from opcache_guard.checks import PoolResult, check_pools
+from opcache_guard.cliutil import (
+    config_option,
+    fail,
+    fpm_option,
+    guarded,
+    load,
+    require_pools,
+    setup_logging,
+)
+from opcache_guard.config import Config
+from opcache_guard.demo import demo_command
+from opcache_guard.errors import ConfigError, GuardError
+from opcache_guard.fastcgi import parse_address
+from opcache_guard.health import Status
+from opcache_guard.lab import lab_group
+
+UNKNOWN = int(Status.UNKNOWN)
+no_state_option = click.option(
+    "--no-state", is_flag=True,
+    help="Do not read or write the state file; self-restarts between checks go unnoticed.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,3 +45,134 @@ from opcache_guard.cliutil import setup_logging
 def main(verbose: int) -> None:
     """Watch PHP-FPM OPcache and restart servers before OPcache restarts itself."""
     setup_logging(verbose)
+
+
+def _results(config_path: Path | None, addresses: tuple[str, ...],
+             no_state: bool) -> tuple[Config, list[PoolResult]]:
+    config = require_pools(load(config_path, addresses))
+    return config, check_pools(config, remember=not no_state)
+
+
+def _report_failures(results: list[PoolResult]) -> None:
+    for result in results:
+        if result.error:
+            click.echo(f"opcache-guard: error: {result.error}", err=True)
+
+
+@main.command()
+@config_option
+@fpm_option
+@click.option("--json", "as_json", is_flag=True, help="Print the documented JSON form.")
+@no_state_option
+@guarded(status=UNKNOWN)
+def status(config_path: Path | None, addresses: tuple[str, ...], as_json: bool,
+           no_state: bool) -> None:
+    """Show each pool's OPcache and FPM state.
+
+    Exits 0 when every pool was read, 3 when a pool could not be read.
+    """
+    _, results = _results(config_path, addresses, no_state)
+    if as_json:
+        click.echo(json.dumps(output.to_json(results), indent=2))
+    else:
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        console.print(output.status_table(results))
+        for line in output.findings_lines(results):
+            if line.split(": ", 2)[1] != "UNKNOWN":
+                console.print(line, highlight=False)
+    _report_failures(results)
+    sys.exit(UNKNOWN if any(not r.up for r in results) else 0)
+
+
+@main.command()
+@config_option
+@fpm_option
+@no_state_option
+@guarded(status=UNKNOWN)
+def check(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) -> None:
+    """Run as a Nagios/Icinga plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+
+    The worst pool decides; CRITICAL outranks UNKNOWN, which outranks WARNING.
+    """
+    _, results = _results(config_path, addresses, no_state)
+    code, text = output.nagios(results)
+    click.echo(text)
+    sys.exit(code)
+
+
+@main.command()
+@config_option
+@fpm_option
+@no_state_option
+@guarded(status=UNKNOWN)
+def metrics(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) -> None:
+    """Print Prometheus metrics for every pool to stdout (for the textfile collector).
+
+    A pool that cannot be read is reported as opcache_guard_up 0 and on stderr; the exit
+    status stays 0 because the metrics themselves carry the failure.
+    """
+    started = time.monotonic()
+    _, results = _results(config_path, addresses, no_state)
+    sys.stdout.buffer.write(output.prometheus_text(results, time.monotonic() - started))
+    _report_failures(results)
+
+
+class _ScrapeCollector(Collector):
+    """Probes every pool on each scrape; one scrape at a time."""
+
+    def __init__(self, config: Config, remember: bool) -> None:
+        self.config = config
+        self.remember = remember
+        self.lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        with self.lock:
+            started = time.monotonic()
+            try:
+                results = check_pools(self.config, remember=self.remember)
+            except GuardError as exc:
+                click.echo(f"opcache-guard: error: {exc}", err=True)
+                results = []
+            collectors: list[Collector] = [output.PoolCollector(results)]
+            for collector in collectors:
+                yield from collector.collect()
+            yield from output.scrape_duration(time.monotonic() - started)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    address = parse_address(text)
+    if address.is_unix:
+        raise ConfigError(f"--listen {text!r}: the exporter listens on TCP; use host:port, "
+                          "for example 127.0.0.1:9253")
+    return address.host, address.port
+
+
+@main.command()
+@config_option
+@fpm_option
+@click.option("--listen", default="127.0.0.1:9253", show_default=True, metavar="HOST:PORT",
+              help="Where to serve /metrics. Binds to localhost unless told otherwise.")
+@no_state_option
+@guarded(status=2)
+def exporter(config_path: Path | None, addresses: tuple[str, ...], listen: str,
+             no_state: bool) -> None:
+    """Serve Prometheus metrics over HTTP; every scrape probes every pool."""
+    config = require_pools(load(config_path, addresses))
+    host, port = _listen_address(listen)
+    registry = CollectorRegistry()
+    registry.register(_ScrapeCollector(config, remember=not no_state))
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc.strerror}; choose another --listen", 2)
+    click.echo(f"serving metrics of {len(config.pools)} pools on http://{listen}/metrics",
+               err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+main.add_command(lab_group)
+lab_group.add_command(demo_command)

@@ -127,7 +127,8 @@ def _typed(section: str, raw: dict[str, Any], template: Any, source: str) -> dic
         expected = type(getattr(template, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected is Path:
+        if issubclass(expected, Path):
+            expected = Path
             value = Path(str(value))
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {section} {key} = {value!r} must be a "
@@ -153,7 +154,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     thresholds_raw = data.get("thresholds", {})
     _reject_unknown("[thresholds]", thresholds_raw, _THRESHOLD_KEYS, source)
     thresholds = Thresholds(**_typed("[thresholds]", thresholds_raw, Thresholds(), source))
-    thresholds.validate()
+    try:
+        thresholds.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: [thresholds] {exc}") from exc
     config = Config(pools=pools, probe=probe, thresholds=thresholds, source=source,
                     extra={key: data[key] for key in _PASSTHROUGH_SECTIONS if key in data})
     if "state_file" in data:

@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Mapping
+from typing import Self
 
 from opcache_guard.errors import ConfigError, ConnectError, FastCGITimeout, ProtocolError
 
@@ -90,16 +91,14 @@ def parse_address(text: str) -> Address:
     value = text.strip()
     if value.startswith("unix:"):
         path = value[len("unix:"):]
-        if path.startswith("//"):
-            path = path[2:]
+        path = path.removeprefix("//")
         if not path.startswith("/"):
             raise ConfigError(f"invalid address {text!r}: a unix socket path must be absolute, "
                               "for example unix:/run/php/php8.2-fpm.sock")
         return Address("unix", path=path)
     if value.startswith("/"):
         return Address("unix", path=value)
-    if value.startswith("tcp://"):
-        value = value[len("tcp://"):]
+    value = value.removeprefix("tcp://")
     match = _HOST_PORT.match(value)
     if match is None:
         raise ConfigError(f"invalid address {text!r}: use unix:/path, /path, tcp://host:port, "
@@ -302,7 +301,7 @@ class FastCGIClient:
         self._sock: socket.socket | None = None
         self._next_id = 1
 
-    def __enter__(self) -> FastCGIClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -325,7 +324,7 @@ class FastCGIClient:
                 sock = socket.create_connection((address.host, address.port),
                                                 timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise FastCGITimeout(f"connecting to {address} timed out after "
                                  f"{self.connect_timeout:g} s") from exc
         except OSError as exc:
@@ -364,7 +363,7 @@ class FastCGIClient:
                 sock = self._connect()
                 sock.sendall(message)
             response = self._read_reply(sock, request_id, started)
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             sock.close()
             self._sock = None
             raise FastCGITimeout(f"no complete reply from {self.address} within "

@@ -59,7 +59,8 @@ class Thresholds:
     keys_warning_percent: float = 80.0
     keys_critical_percent: float = 95.0
     interned_free_warning_percent: float = 10.0
-    interned_free_critical_percent: float = 2.0
+    # A full interned strings buffer costs memory and speed but never restarts OPcache.
+    interned_free_critical_percent: float = 0.0
     listen_queue_warning: int = 1
     count_manual_restarts: bool = True
 
@@ -130,22 +131,29 @@ def _mb(value: float) -> str:
     return f"{value / MB:.1f} MB"
 
 
-_FREE_ADVICE = "; if little of it is wasted, raise opcache.memory_consumption"
+def _free_advice(sample: Sample, limits: Thresholds) -> str:
+    opcache = sample.opcache
+    if opcache.max_wasted_percentage and limits.waste_warning_ratio and (
+            opcache.current_wasted_percentage / opcache.max_wasted_percentage
+            >= limits.waste_warning_ratio):
+        return ""
+    return "; little of it is wasted, so raise opcache.memory_consumption"
 
 
 def _free_memory(sample: Sample, limits: Thresholds) -> list[Finding]:
     opcache = sample.opcache
+    advice = _free_advice(sample, limits)
     percent = opcache.free_percentage
     message = (f"free memory {_mb(opcache.free_memory)} is {percent:.1f}% of "
                f"{_mb(opcache.memory_size)}")
     for status, limit in ((Status.CRITICAL, limits.free_critical_percent),
                           (Status.WARNING, limits.free_warning_percent)):
         if limit and percent < limit:
-            return [Finding(status, "free_memory", f"{message}, below {limit:g}%{_FREE_ADVICE}")]
+            return [Finding(status, "free_memory", f"{message}, below {limit:g}%{advice}")]
     for status, limit in ((Status.CRITICAL, limits.free_critical_mb),
                           (Status.WARNING, limits.free_warning_mb)):
         if limit and opcache.free_memory < limit * MB:
-            return [Finding(status, "free_memory", f"{message}, below {limit:g} MB{_FREE_ADVICE}")]
+            return [Finding(status, "free_memory", f"{message}, below {limit:g} MB{advice}")]
     return []
 
 

@@ -106,7 +106,10 @@ class Prober:
                              read_timeout=self.settings.read_timeout)
 
     def _where(self, pool: PoolConfig) -> str:
-        return f"pool {pool.name} at {pool.status_listen or pool.address}"
+        address = str(pool.status_listen or pool.address)
+        if pool.name == address:
+            return f"pool at {address}"
+        return f"pool {pool.name} at {address}"
 
     def _get(self, pool: PoolConfig, script_filename: str, script_name: str,
              query: str = "") -> Response:

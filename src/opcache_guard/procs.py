@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from opcache_guard.errors import GuardError
+from opcache_guard.errors import LabError
 
 
 def cmdline(pid: int) -> list[str]:
@@ -128,5 +128,5 @@ def require_program(names: Sequence[str], package: str) -> str:
             candidate = Path(folder) / name
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
-    raise GuardError(f"{names[0]} is not installed; install it with "
+    raise LabError(f"{names[0]} is not installed; install it with "
                      f"'apt-get install -y {package}'")

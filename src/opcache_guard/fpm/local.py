@@ -22,6 +22,7 @@ STATUS_PATH = "/fpm-status"
 PING_PATH = "/fpm-ping"
 PING_RESPONSE = "pong"
 FPM_PROGRAMS = ("php-fpm8.2", "php-fpm")
+FPM_ENV = "OPCACHE_GUARD_PHP_FPM"
 
 
 @dataclasses.dataclass
@@ -37,6 +38,8 @@ class OpcacheSettings:
     protect_memory: bool = False
     file_cache: str = ""
     file_update_protection: int = 2
+    enable: bool = True
+    load_extension: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError for values PHP would silently replace by its defaults."""
@@ -58,9 +61,11 @@ class OpcacheSettings:
                 f"in memory_consumption {self.memory_consumption} MB; use at most a quarter")
 
     def ini_lines(self) -> list[str]:
+        if not self.load_extension:
+            return []
         lines = [
             "zend_extension=opcache.so",
-            "opcache.enable=1",
+            f"opcache.enable={int(self.enable)}",
             f"opcache.memory_consumption={self.memory_consumption}",
             f"opcache.interned_strings_buffer={self.interned_strings_buffer}",
             f"opcache.max_accelerated_files={self.max_accelerated_files}",
@@ -114,7 +119,14 @@ class MasterSpec:
 
     def command(self) -> list[str]:
         """Return the argument list that runs this master in the foreground."""
-        program = procs.require_program(FPM_PROGRAMS, "php8.2-fpm")
+        override = os.environ.get(FPM_ENV)
+        if override:
+            if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+                raise LabError(f"{FPM_ENV}={override} is not an executable php-fpm; unset it or "
+                               "install php-fpm with 'apt-get install -y php8.2-fpm'")
+            program = override
+        else:
+            program = procs.require_program(FPM_PROGRAMS, "php8.2-fpm")
         argv = [program, "-F", "-y", str(self.fpm_conf), "-c", str(self.php_ini)]
         if os.geteuid() == 0:
             argv.append("-R")

@@ -104,7 +104,7 @@ class Slot(abc.ABC):
     def release(self) -> None:
         """Give the slot back; idempotent."""
 
-    def refresh(self) -> None:  # noqa: B027 - only lease-based backends need it
+    def refresh(self) -> None:
         """Keep the slot alive during a long hold."""
 
     @property
@@ -162,7 +162,7 @@ class SlotBackend(abc.ABC):
         return [GroupStatus(policy, policy.max_out(), self.holders(name))
                 for name, policy in sorted(self.groups.items())]
 
-    def close(self) -> None:  # noqa: B027 - backends with connections override it
+    def close(self) -> None:
         """Release connections; slots of this process held by connection are freed too."""
 
 

@@ -1,0 +1,5 @@
+"""Allow ``python -m opcache_guard``."""
+
+from opcache_guard.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""Probe a set of pools and judge each one: the work behind status, check and metrics.
+
+Each pool yields a ``PoolResult``: its sample (None when the probe failed), the error, and
+the verdict. The previous sample of each pool comes from the state store, so a self-restart
+of OPcache between two checks is noticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from opcache_guard.config import Config, PoolConfig
+from opcache_guard.errors import GuardError, StateError
+from opcache_guard.health import Verdict, judge, unknown
+from opcache_guard.probe import Prober
+from opcache_guard.sample import Sample
+from opcache_guard.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PoolResult:
+    """One pool's reading and judgement."""
+
+    pool: PoolConfig
+    sample: Sample | None
+    verdict: Verdict
+    error: str | None
+    duration: float
+
+    @property
+    def up(self) -> bool:
+        return self.sample is not None
+
+
+def pool_key(pool: PoolConfig) -> str:
+    """Return the key under which a pool's previous sample is stored."""
+    return f"{pool.name}@{pool.address}"
+
+
+def _check_one(prober: Prober, store: StateStore | None, config: Config,
+               pool: PoolConfig) -> PoolResult:
+    started = time.monotonic()
+    try:
+        sample = prober.probe(pool)
+    except GuardError as exc:
+        log.info("probe failed: %s", exc)
+        return PoolResult(pool, None, unknown(pool.name, str(exc)), str(exc),
+                          time.monotonic() - started)
+    previous = None
+    if store is not None:
+        key = pool_key(pool)
+        previous = store.previous_sample(key)
+        store.save_sample(key, sample)
+    verdict = judge(sample, previous, config.thresholds)
+    return PoolResult(pool, sample, verdict, None, time.monotonic() - started)
+
+
+def check_pools(config: Config, remember: bool = True) -> list[PoolResult]:
+    """Probe and judge every configured pool, in parallel, in configuration order.
+
+    Arguments:
+        config: the pools, probe settings and thresholds.
+        remember: compare with and store the previous sample in the state file.
+
+    Raises:
+        StateError: the state file cannot be used; the message says how to fix it.
+    """
+    prober = Prober(config.probe)
+    store = None
+    if remember:
+        try:
+            store = StateStore(config.state_file)
+        except StateError as exc:
+            raise StateError(f"{exc}; or pass --no-state to check without remembering "
+                             "the previous sample") from exc
+    workers = min(len(config.pools), 16) or 1
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        futures = [executor.submit(_check_one, prober, store, config, pool)
+                   for pool in config.pools]
+        return [future.result() for future in futures]

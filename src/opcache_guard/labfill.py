@@ -1,0 +1,91 @@
+"""Fill a lab pool's OPcache: deploy generated PHP files and rewrite them in place.
+
+Each file is a long run of arithmetic statements with distinct integer literals: it takes
+about 70 KB of compiled code in OPcache, so a few dozen files fill a small cache, yet it adds
+almost nothing to the interned strings buffer, which would otherwise fill first.
+A rewrite gives a file new content and a new modification time, as an rsync deploy does;
+OPcache then compiles it again and the old copy becomes wasted memory. Modification times
+are set in the past on purpose: OPcache does not cache a file modified within
+``opcache.file_update_protection`` seconds (2 by default).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from opcache_guard.errors import FastCGIError, LabError
+from opcache_guard.fastcgi import FastCGIClient
+
+FILL_DIR = "fill"
+STATEMENTS_PER_FILE = 1000
+
+
+def write_php(path: Path, source: str, mtime: float) -> None:
+    """Write a file PHP will execute: O_EXCL under a random name, then an atomic rename."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(source)
+    os.utime(temporary, (mtime, mtime))
+    os.replace(temporary, path)
+
+
+def render(index: int, version: int) -> str:
+    """Return the source of fill file ``index`` at ``version``: distinct literals each time."""
+    base = (index * 1_000_003 + version * 7919) * STATEMENTS_PER_FILE
+    statements = "\n".join(f"$total = $total + {base + n};" for n in range(STATEMENTS_PER_FILE))
+    return (f"<?php\n// opcache-guard lab fill file {index}, version {version}\n"
+            f"$total = 0;\n{statements}\necho $total, \"\\n\";\n")
+
+
+class Filler:
+    """Deploys and rewrites fill files in one pool's docroot, requesting each to cache it."""
+
+    def __init__(self, docroot: Path, address: str) -> None:
+        self.directory = docroot / FILL_DIR
+        self.address = address
+        self.versions: dict[int, int] = {}
+        self._clock = time.time() - 3600.0
+
+    def _next_mtime(self) -> float:
+        self._clock += 1.0
+        return self._clock
+
+    def deploy(self, index: int) -> None:
+        """Write (or rewrite) file ``index`` with its next version, then request it."""
+        self.directory.mkdir(mode=0o755, exist_ok=True)
+        version = self.versions.get(index, -1) + 1
+        self.versions[index] = version
+        path = self.directory / f"fill{index}.php"
+        write_php(path, render(index, version), self._next_mtime())
+        self.request(path)
+
+    def request(self, path: Path) -> None:
+        """Run one file in the pool, which compiles it into OPcache.
+
+        Raises:
+            LabError: the pool did not run the file.
+        """
+        try:
+            with FastCGIClient(self.address, read_timeout=10.0) as client:
+                reply = client.get(str(path), "/" + path.name)
+        except FastCGIError as exc:
+            raise LabError(f"filling {path}: {exc}") from exc
+        if reply.status != 200:
+            raise LabError(f"filling {path}: the pool answered HTTP {reply.status}: "
+                           f"{reply.body[:200]!r}")
+
+    def add_files(self, count: int) -> None:
+        """Deploy ``count`` new files."""
+        start = len(self.versions)
+        for index in range(start, start + count):
+            self.deploy(index)
+
+    def rewrite(self, count: int) -> None:
+        """Rewrite ``count`` existing files in place, oldest versions first."""
+        indexes = sorted(self.versions, key=lambda i: (self.versions[i], i))[:count]
+        for index in indexes:
+            self.deploy(index)
