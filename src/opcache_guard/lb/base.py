@@ -71,7 +71,7 @@ class LoadBalancer(abc.ABC):
     def depool(self) -> None:
         """Stop sending new requests to the server."""
 
-    def disable(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
+    def disable(self) -> None:
         """Take a drained server fully out of rotation."""
 
     @abc.abstractmethod
