@@ -77,7 +77,8 @@ class ConftoolLoadBalancer(LoadBalancer):
             ConfigError: a key is missing, unknown or invalid.
         """
         settings.check_keys(section, _KEYS, cls.name)
-        endpoints = settings.string_list(section, "endpoints", required=False) or [DEFAULT_ENDPOINT]
+        endpoints = settings.string_list(section, "endpoints", required=False,
+                                           allow_single=True) or [DEFAULT_ENDPOINT]
         prefix = settings.string(section, "prefix", DEFAULT_PREFIX).rstrip("/")
         parts = [settings.string(section, name) for name in ("datacenter", "cluster", "service")]
         for part in [*parts, host]:

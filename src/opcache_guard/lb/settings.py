@@ -48,8 +48,16 @@ def timeout(section: dict[str, Any], default: float = DEFAULT_TIMEOUT) -> float:
     return float(value)
 
 
-def string_list(section: dict[str, Any], key: str, required: bool = True) -> list[str]:
-    """Return a key that holds a non-empty list of strings; a single string makes a list of one.
+def string_list(section: dict[str, Any], key: str, required: bool = True,
+                allow_single: bool = False) -> list[str]:
+    """Return a key that holds a non-empty list of strings.
+
+    Arguments:
+        section: the ``[lb]`` section.
+        key: the key to read.
+        required: whether a missing key is an error.
+        allow_single: whether a single string stands for a list of one; leave it off for
+            argument lists, where a string would be one program name with spaces in it.
 
     Returns:
         The list, or an empty list when the key is absent and not required.
@@ -63,6 +71,9 @@ def string_list(section: dict[str, Any], key: str, required: bool = True) -> lis
             raise ConfigError(f"[lb] {key} is missing; set it in the [lb] section")
         return []
     if isinstance(value, str):
+        if not allow_single:
+            raise ConfigError(f"[lb] {key} = {value!r} must be a list of arguments, not one "
+                              f"string; write {value.split()!r}")
         value = [value]
     if (not isinstance(value, list) or not value
             or not all(isinstance(item, str) and item for item in value)):
