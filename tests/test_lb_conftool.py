@@ -198,7 +198,7 @@ def test_unreachable_etcd_is_clear() -> None:
     balancer = base.create("app1", {"backend": "conftool", "endpoints": [dead],
                                     "datacenter": "dc1", "cluster": "c", "service": "s",
                                     "timeout": 1.0})
-    with pytest.raises(LoadBalancerError, match=f"no etcd endpoint answered.*{dead}"):
+    with pytest.raises(LoadBalancerError, match=f"no etcd endpoint responded.*{dead}"):
         balancer.state()
 
 

@@ -47,7 +47,7 @@ class Lab:
         with _opener.open(self.haproxy.url + path, timeout=timeout) as reply:
             return str(reply.read().decode())
 
-    def answering_pools(self, count: int = 6) -> list[str]:
+    def serving_pools(self, count: int = 6) -> list[str]:
         return [self.get("/who.php") for _ in range(count)]
 
 
@@ -75,7 +75,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
 
 
 def test_launcher_serves_both_pools(lab: Lab) -> None:
-    assert set(lab.answering_pools()) == {"app1", "app2"}
+    assert set(lab.serving_pools()) == {"app1", "app2"}
     assert lab.haproxy.api().execute("show info").startswith("Name: HAProxy")
     assert _wait_for(lambda: " 200 " in lab.haproxy.log_file.read_text())
     assert "php/app1" in lab.haproxy.log_file.read_text()
@@ -91,7 +91,7 @@ def test_depool_drains_and_stops_new_requests(lab: Lab) -> None:
     app1.depool()
 
     assert app1.state() is LbState.DRAINING
-    assert set(lab.answering_pools()) == {"app2"}
+    assert set(lab.serving_pools()) == {"app2"}
     rows = lab.haproxy.api().show_servers_state("php")
     assert [row["srv_admin_state"] for row in rows if row["srv_name"] == "app1"] == ["8"]
 
@@ -105,8 +105,8 @@ def test_depool_twice_is_harmless(lab: Lab) -> None:
 
 def test_in_flight_counts_running_request(lab: Lab) -> None:
     lab.balancer("app2").disable()
-    answers: list[str] = []
-    slow = threading.Thread(target=lambda: answers.append(lab.get("/slow.php?ms=1500")))
+    bodies: list[str] = []
+    slow = threading.Thread(target=lambda: bodies.append(lab.get("/slow.php?ms=1500")))
     slow.start()
     app1 = lab.balancer("app1")
     try:
@@ -114,10 +114,10 @@ def test_in_flight_counts_running_request(lab: Lab) -> None:
         lab.balancer("app2").pool()
         app1.depool()
         assert app1.in_flight() == 1
-        assert set(lab.answering_pools(4)) == {"app2"}
+        assert set(lab.serving_pools(4)) == {"app2"}
     finally:
         slow.join(timeout=5)
-    assert answers == ["app1"]
+    assert bodies == ["app1"]
     assert _wait_for(lambda: app1.in_flight() == 0, timeout=2.0)
 
 
@@ -130,7 +130,7 @@ def test_disable_puts_server_in_maintenance(lab: Lab) -> None:
     assert app1.state() is LbState.DEPOOLED
     rows = lab.haproxy.api().show_servers_state("php")
     assert [row["srv_admin_state"] for row in rows if row["srv_name"] == "app1"] == ["1"]
-    assert set(lab.answering_pools()) == {"app2"}
+    assert set(lab.serving_pools()) == {"app2"}
 
 
 def test_depool_keeps_maintenance(lab: Lab) -> None:
@@ -148,7 +148,7 @@ def test_pool_returns_traffic(lab: Lab) -> None:
     app1.pool()
 
     assert app1.state() is LbState.POOLED
-    assert _wait_for(lambda: "app1" in lab.answering_pools(4))
+    assert _wait_for(lambda: "app1" in lab.serving_pools(4))
 
 
 def test_pool_fails_when_weight_is_zero(lab: Lab) -> None:
@@ -192,7 +192,7 @@ def test_user_level_socket_is_permission_denied(fpm_master: Callable[..., object
             balancer.depool()
         with pytest.raises(LoadBalancerError, match="permission denied"):
             haproxy.api().change("set server php/app1 state drain")
-        assert set(Lab(haproxy).answering_pools()) == {"app1", "app2"}
+        assert set(Lab(haproxy).serving_pools()) == {"app1", "app2"}
     finally:
         haproxy.stop()
 
@@ -206,7 +206,7 @@ def test_dry_run_changes_nothing(lab: Lab, caplog: pytest.LogCaptureFixture) -> 
     assert app1.state() is LbState.POOLED
     assert "would send 'set server php/app1 state drain'" in caplog.text
     assert "would send 'set server php/app1 state maint'" in caplog.text
-    assert set(lab.answering_pools()) == {"app1", "app2"}
+    assert set(lab.serving_pools()) == {"app1", "app2"}
 
 
 def test_missing_socket_is_clear(fpm_dir: Path) -> None:

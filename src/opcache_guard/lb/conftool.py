@@ -12,9 +12,10 @@ Each host has one JSON value ``{"pooled": "yes"|"no"|"inactive", "weight": N}`` 
     service = "apache2"
     timeout = 5.0
 
-``depool`` writes ``pooled: no`` and ``pool`` writes ``pooled: yes``, each as a transaction
-that compares the key's mod_revision with the one just read, so a concurrent edit by an
-operator is never overwritten; on a conflict the key is read again, a bounded number of times.
+``depool`` writes ``pooled: no`` and ``pool`` writes ``pooled: yes``. Each write is a
+transaction that compares the key's mod_revision with the one just read, so a concurrent edit
+by an operator is never overwritten. On a conflict the key is read again, a bounded number of
+times.
 Every other field of the value is kept. A host at ``inactive`` belongs to the operator and is
 never changed. etcd does not know about requests, so ``in_flight`` returns None, and
 ``disable`` does nothing.
@@ -176,8 +177,8 @@ class ConftoolLoadBalancer(LoadBalancer):
                 log.info("would set %s to pooled=%s (dry run)", self.describe(), pooled)
                 return
 
-            wanted = {**current.value, "pooled": pooled}
-            if self.write_if_unchanged(wanted, current.mod_revision):
+            updated = {**current.value, "pooled": pooled}
+            if self.write_if_unchanged(updated, current.mod_revision):
                 log.info("set %s to pooled=%s", self.describe(), pooled)
                 return
             log.warning("retrying %s: the key changed while setting pooled=%s (attempt %d of %d)",
@@ -197,7 +198,7 @@ class ConftoolLoadBalancer(LoadBalancer):
             except etcd_exceptions.Etcd3Exception as error:
                 raise LoadBalancerError(f"etcd at {url} failed on conftool key {self.key}: "
                                         f"{error}") from error
-        raise LoadBalancerError(f"no etcd endpoint answered for conftool key {self.key} "
+        raise LoadBalancerError(f"no etcd endpoint responded for conftool key {self.key} "
                                 f"within {self.timeout:g} s: {'; '.join(failures)}")
 
 

@@ -101,8 +101,8 @@ class HaproxyLoadBalancer(LoadBalancer):
     def in_flight(self) -> int:
         """Return the server's current sessions plus the requests queued for it alone.
 
-        ``scur`` counts the requests the server is running; ``qcur`` counts requests waiting
-        in the server's own queue (bound to it by persistence), which it will still serve.
+        ``scur`` counts the requests the server is running. ``qcur`` counts requests waiting
+        in the server's own queue, bound to it by persistence, which it will still serve.
 
         Raises:
             LoadBalancerError: the socket failed, or the backend or server is unknown.

@@ -1,6 +1,6 @@
 """A client for HAProxy's runtime API (the ``stats socket``), one command per connection.
 
-Without the interactive ``prompt`` mode, HAProxy reads one line, writes the whole answer and
+Without the interactive ``prompt`` mode, HAProxy reads one line, writes the whole response and
 closes the connection, so a command is: connect, send the line, read until end of file.
 The admin socket is a unix socket or a TCP port; a TCP socket must be on loopback, because the
 runtime API has no authentication and should never be reached over a network.
@@ -16,14 +16,14 @@ import time
 
 from opcache_guard.errors import ConfigError, LoadBalancerError
 
-#: Answers HAProxy 2.6 gives instead of a result when a command cannot run.
+#: Responses of HAProxy 2.6 that report an error in place of a result.
 _ERROR_ANSWERS = ("No such backend", "No such server", "Can't find backend", "No such proxy",
                   "Permission denied", "Unknown command", "Require ", "Invalid ")
 
 
 @dataclasses.dataclass(frozen=True)
 class SocketAddress:
-    """Where the admin socket listens: a unix socket path, or a loopback host and port."""
+    """An admin socket address: a unix socket path, or a loopback host and port."""
 
     path: str = ""
     host: str = ""
@@ -76,7 +76,7 @@ class RuntimeAPI:
 
     Arguments:
         address: the socket, as parsed by ``parse_socket``.
-        timeout: seconds allowed for connecting and for the whole answer.
+        timeout: seconds allowed for connecting and for the whole response.
     """
 
     def __init__(self, address: SocketAddress, timeout: float = 5.0) -> None:
@@ -84,10 +84,10 @@ class RuntimeAPI:
         self.timeout = timeout
 
     def execute(self, command: str) -> str:
-        """Send one command and return HAProxy's whole answer.
+        """Send one command and return HAProxy's whole response.
 
         Raises:
-            LoadBalancerError: the socket is missing, refuses, or the answer timed out.
+            LoadBalancerError: the socket is missing, refused the connection, or timed out.
         """
         deadline = time.monotonic() + self.timeout
         try:
@@ -99,7 +99,7 @@ class RuntimeAPI:
                                     "the 'stats socket' line of haproxy.cfg") from error
         except ConnectionRefusedError as error:
             raise LoadBalancerError(f"HAProxy admin socket {self.address} refused the "
-                                    "connection; is HAProxy running?") from error
+                                    "connection; check that HAProxy is running") from error
         except PermissionError as error:
             raise LoadBalancerError(f"HAProxy admin socket {self.address}: permission denied "
                                     "opening it; run as a user that may read and write "
@@ -141,39 +141,39 @@ class RuntimeAPI:
             chunks.append(chunk)
 
     def command(self, command: str) -> str:
-        """Run a command that answers with data, raising on an error answer instead.
+        """Run a command that returns data, and raise when HAProxy responds with an error.
 
         Raises:
-            LoadBalancerError: the transport failed, or HAProxy answered with an error message.
+            LoadBalancerError: the transport failed, or HAProxy responded with an error message.
         """
-        answer = self.execute(command)
-        check_answer(self.address, command, answer)
-        return answer
+        response = self.execute(command)
+        check_response(self.address, command, response)
+        return response
 
     def change(self, command: str) -> None:
-        """Run a command that answers an empty line on success, such as ``set server``.
+        """Run a command whose response is an empty line on success, such as ``set server``.
 
         Raises:
-            LoadBalancerError: the transport failed, or HAProxy answered with any message.
+            LoadBalancerError: the transport failed, or HAProxy responded with any message.
         """
-        answer = self.execute(command)
-        if answer.strip():
-            check_answer(self.address, command, answer)
+        response = self.execute(command)
+        if response.strip():
+            check_response(self.address, command, response)
             raise LoadBalancerError(f"HAProxy at {self.address} rejected {command!r}: "
-                                    f"{_first_line(answer)}")
+                                    f"{_first_line(response)}")
 
     def show_stat(self, backend: str) -> list[dict[str, str]]:
         """Return the ``show stat`` CSV rows of a backend's servers, keyed by column name.
 
         Raises:
-            LoadBalancerError: the backend is unknown or the answer is not CSV.
+            LoadBalancerError: the backend is unknown or the response is not CSV.
         """
         # Type 4 selects server rows only, and -1 all servers of that backend.
-        answer = self.command(f"show stat {backend} 4 -1")
-        lines = answer.splitlines()
+        response = self.command(f"show stat {backend} 4 -1")
+        lines = response.splitlines()
         if not lines or not lines[0].startswith("# "):
             raise LoadBalancerError(f"HAProxy at {self.address}: 'show stat' returned no CSV "
-                                    f"header for backend {backend}: {_first_line(answer)}")
+                                    f"header for backend {backend}: {_first_line(response)}")
         lines[0] = lines[0][2:]
         return [row for row in csv.DictReader(line for line in lines if line)
                 if row.get("pxname") == backend]
@@ -182,25 +182,25 @@ class RuntimeAPI:
         """Return the ``show servers state`` rows of a backend, keyed by column name.
 
         Raises:
-            LoadBalancerError: the backend is unknown or the answer has an unknown format.
+            LoadBalancerError: the backend is unknown or the response has an unknown format.
         """
-        answer = self.command(f"show servers state {backend}")
-        lines = [line for line in answer.splitlines() if line.strip()]
+        response = self.command(f"show servers state {backend}")
+        lines = [line for line in response.splitlines() if line.strip()]
         # The first line is the format version; version 1 is the only one HAProxy 2.6 writes.
         if len(lines) < 2 or lines[0].strip() != "1" or not lines[1].startswith("# "):
             raise LoadBalancerError(f"HAProxy at {self.address}: 'show servers state {backend}' "
-                                    f"returned an unknown format: {_first_line(answer)}")
+                                    f"returned an unknown format: {_first_line(response)}")
         columns = lines[1][2:].split()
         return [dict(zip(columns, line.split(), strict=False)) for line in lines[2:]]
 
 
-def check_answer(address: SocketAddress, command: str, answer: str) -> None:
-    """Raise a clear error when an answer is one of HAProxy's error messages.
+def check_response(address: SocketAddress, command: str, response: str) -> None:
+    """Raise a clear error when a response is one of HAProxy's error messages.
 
     Raises:
-        LoadBalancerError: the answer names an unknown backend or server, or missing rights.
+        LoadBalancerError: the response names an unknown backend or server, or missing rights.
     """
-    first = _first_line(answer)
+    first = _first_line(response)
     if first.startswith("Permission denied"):
         raise LoadBalancerError(f"HAProxy admin socket {address} rejected {command!r}: "
                                 "permission denied; the socket needs 'level admin' on its "
@@ -215,13 +215,13 @@ def check_answer(address: SocketAddress, command: str, answer: str) -> None:
         raise LoadBalancerError(f"HAProxy at {address} rejected {command!r}: {first}")
 
 
-def _first_line(answer: str) -> str:
-    stripped = answer.strip()
-    return stripped.splitlines()[0] if stripped else "(empty answer)"
+def _first_line(response: str) -> str:
+    stripped = response.strip()
+    return stripped.splitlines()[0] if stripped else "(empty response)"
 
 
 def wait_for_socket(api: RuntimeAPI, timeout: float) -> bool:
-    """Return whether the admin socket answers ``show info`` within timeout seconds."""
+    """Return whether the admin socket responds to ``show info`` within timeout seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

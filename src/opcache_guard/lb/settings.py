@@ -50,13 +50,13 @@ def timeout(section: dict[str, Any], default: float = DEFAULT_TIMEOUT) -> float:
 
 def string_list(section: dict[str, Any], key: str, required: bool = True,
                 allow_single: bool = False) -> list[str]:
-    """Return a key that holds a non-empty list of strings.
+    """Return a key whose value is a non-empty list of strings.
 
     Arguments:
         section: the ``[lb]`` section.
         key: the key to read.
         required: whether a missing key is an error.
-        allow_single: whether a single string stands for a list of one; leave it off for
+        allow_single: whether a single string is accepted as a list of one; leave it off for
             argument lists, where a string would be one program name with spaces in it.
 
     Returns:

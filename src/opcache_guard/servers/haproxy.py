@@ -58,7 +58,7 @@ class HaproxyServer:
         directory: where the configuration, admin socket and log go; it must be short enough
             for a unix socket path (about 100 bytes).
         servers: the php-fpm pools behind the backend.
-        docroot: the document root php-fpm sees (``SCRIPT_FILENAME`` = docroot + path).
+        docroot: the document root passed to php-fpm (``SCRIPT_FILENAME`` = docroot + path).
         backend: the backend name, which the runtime API addresses.
         port: the frontend's TCP port on 127.0.0.1; 0 picks a free one.
         check_interval: seconds between health checks (``inter``).
@@ -99,14 +99,14 @@ class HaproxyServer:
         return RuntimeAPI(SocketAddress(path=str(self.admin_socket)), timeout)
 
     def start(self, timeout: float = 10.0) -> HaproxyServer:
-        """Write the configuration, start HAProxy, and wait until its admin socket answers.
+        """Write the configuration, start HAProxy, and wait until its admin socket responds.
 
         Returns:
             This object, with ``port`` and ``pid`` set.
 
         Raises:
             ConfigError: the servers or settings are invalid, or HAProxy rejects the file.
-            LabError: HAProxy is not installed, exited, or its socket did not answer in time.
+            LabError: HAProxy is not installed, exited, or its socket did not respond in time.
         """
         program = procs.require_program(HAPROXY_PROGRAMS, "haproxy")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ class HaproxyServer:
         if not procs.wait_until(lambda: process.poll() is not None or wait_for_socket(api, 0.2),
                                 timeout):
             self.stop()
-            raise LabError(f"HAProxy's admin socket {self.admin_socket} did not answer within "
+            raise LabError(f"HAProxy's admin socket {self.admin_socket} did not respond within "
                            f"{timeout:g} s; see {self.log_file}")
         if process.poll() is not None:
             self.pid = 0
@@ -205,7 +205,7 @@ def _validate(haproxy: HaproxyServer) -> None:
     if haproxy.check_interval <= 0:
         raise ConfigError(f"HAProxy check interval {haproxy.check_interval:g} s must be "
                           "positive")
-    # sun_path holds 108 bytes on Linux, including the terminating NUL.
+    # sun_path has room for 108 bytes on Linux, including the terminating NUL.
     if len(os.fsencode(haproxy.admin_socket)) > 107:
         raise ConfigError(f"HAProxy admin socket path {haproxy.admin_socket} is longer than a "
                           "unix socket allows; use a shorter directory")
