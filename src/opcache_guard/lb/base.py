@@ -15,7 +15,7 @@ line, a conftool key, whatever the operator's commands address). Every backend g
 - A server marked ``INACTIVE`` by the operator is never changed; the calls raise instead.
   Backends whose load balancer has no such mark (HAProxy) never report ``INACTIVE``.
 - ``in_flight`` counts the requests still running on the server and any queued for it
-  alone; backends that cannot know (etcd keys) return None, and the caller waits instead.
+  alone. Backends that cannot count them (etcd keys) return None.
 - With ``dry_run`` set, changes are logged and not made.
 
 Nothing is kept in process memory that a crash could lose: the state lives in the load
