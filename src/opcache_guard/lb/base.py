@@ -13,6 +13,9 @@ line, a conftool key, whatever the operator's commands address). Every backend g
 - A change either takes effect or raises ``LoadBalancerError``; a backend never reports
   success for a change it could not confirm.
 - A server marked ``INACTIVE`` by the operator is never changed; the calls raise instead.
+  Backends whose load balancer has no such mark (HAProxy) never report ``INACTIVE``.
+- ``in_flight`` counts the requests still running on the server and any queued for it
+  alone. Backends that cannot count them (etcd keys) return None.
 - With ``dry_run`` set, changes are logged and not made.
 
 Nothing is kept in process memory that a crash could lose: the state lives in the load
