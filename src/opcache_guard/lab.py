@@ -23,12 +23,21 @@ from rich.table import Table
 from opcache_guard import procs
 from opcache_guard.cliutil import guarded
 from opcache_guard.config import default_state_root
-from opcache_guard.errors import LabError
+from opcache_guard.errors import GuardError, LabError
 from opcache_guard.fpm import local
+from opcache_guard.servers.haproxy import FcgiServer, HaproxyServer
 
 RECORD = "lab.json"
 CONFIG = "lab.toml"
 MAX_POOLS = 32
+APP_DIR = "www"
+# The application every lab host serves through HAProxy: a short request that names the
+# pool that ran it, and a slow one for drain tests.
+APP_FILES = {
+    "index.php": "<?php\nusleep(5000);\necho getenv('OPCACHE_GUARD_POOL'), \"\\n\";\n",
+    "slow.php": "<?php\n$ms = min((int)($_GET['ms'] ?? 1000), 30000);\nusleep($ms * 1000);\n"
+                "echo getenv('OPCACHE_GUARD_POOL'), \"\\n\";\n",
+}
 
 
 def default_lab_dir() -> Path:
@@ -66,6 +75,16 @@ class LabRecord:
     @property
     def config_path(self) -> Path:
         return Path(self.directory) / CONFIG
+
+    def haproxy(self) -> HaproxyServer | None:
+        """Return the lab's HAProxy, as recorded, or None when the lab runs without it."""
+        data = self.extra.get("haproxy")
+        if not data:
+            return None
+        servers = [FcgiServer(m.name, m.listen, m.max_children) for m in self.masters]
+        return HaproxyServer(directory=Path(data["directory"]), servers=servers,
+                             docroot=Path(self.directory) / APP_DIR, port=data["port"],
+                             pid=data["pid"])
 
     def save(self) -> None:
         path = Path(self.directory) / RECORD
@@ -123,8 +142,31 @@ def render_config(record: LabRecord, state_file: Path) -> str:
     return "\n".join(lines)
 
 
+def _write_app(directory: Path) -> Path:
+    """Write the lab application that HAProxy serves from every master."""
+    from opcache_guard.labfill import write_php
+
+    app = directory / APP_DIR
+    app.mkdir(mode=0o755, exist_ok=True)
+    for name, source in APP_FILES.items():
+        write_php(app / name, source, os.path.getmtime(directory) - 60)
+    return app
+
+
+def _start_haproxy(record: LabRecord) -> None:
+    directory = Path(record.directory)
+    servers = [FcgiServer(m.name, m.listen, m.max_children) for m in record.masters]
+    haproxy = HaproxyServer(directory=directory / "haproxy", servers=servers,
+                            docroot=_write_app(directory))
+    haproxy.start()
+    record.extra["haproxy"] = {"directory": str(haproxy.directory), "port": haproxy.port,
+                               "pid": haproxy.pid, "url": haproxy.url,
+                               "admin_socket": str(haproxy.admin_socket)}
+    record.save()
+
+
 def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
-           max_children: int = 4) -> LabRecord:
+           max_children: int = 4, haproxy: bool = True) -> LabRecord:
     """Start the lab's masters and write its configuration.
 
     Raises:
@@ -154,7 +196,9 @@ def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
                 status_listen=spec.status_listen, pid=pid,
                 opcache=dataclasses.asdict(opcache), max_children=max_children))
             record.save()
-    except LabError:
+        if haproxy:
+            _start_haproxy(record)
+    except GuardError:
         lab_down(directory)
         raise
     state_file = directory / "state.db"
@@ -169,6 +213,11 @@ def lab_down(directory: Path) -> list[str]:
     if record is None:
         return []
     stopped = []
+    haproxy = record.haproxy()
+    if haproxy is not None and haproxy.pid:
+        pid = haproxy.pid
+        haproxy.stop()
+        stopped.append(f"HAProxy (pid {pid})")
     for master in record.masters:
         spec = master.spec()
         pid = procs.read_pid(spec.pid_file) or master.pid
@@ -198,17 +247,23 @@ def lab_group() -> None:
 @click.option("--max-wasted", default=5, show_default=True,
               help="opcache.max_wasted_percentage.")
 @click.option("--children", default=4, show_default=True, help="pm.max_children of each pool.")
+@click.option("--haproxy/--no-haproxy", default=True, show_default=True,
+              help="Put HAProxy in front of the pools.")
 @guarded()
 def up_command(directory: Path | None, pools: int, memory: int, max_files: int,
-               max_wasted: int, children: int) -> None:
+               max_wasted: int, children: int, haproxy: bool) -> None:
     """Start the lab and write lab.toml for the other commands."""
     directory = directory or default_lab_dir()
     opcache = local.OpcacheSettings(memory_consumption=memory, max_accelerated_files=max_files,
                                     max_wasted_percentage=max_wasted)
-    record = lab_up(directory, pools, opcache, children)
+    record = lab_up(directory, pools, opcache, children, haproxy)
     for master in record.masters:
         click.echo(f"started php-fpm master {master.name} (pid {master.pid}) on {master.listen}, "
                    f"status on {master.status_listen}")
+    balancer = record.extra.get("haproxy")
+    if balancer:
+        click.echo(f"started HAProxy (pid {balancer['pid']}) on {balancer['url']}, admin socket "
+                   f"{balancer['admin_socket']}")
     click.echo(f"configuration: {record.config_path}")
     click.echo(f"try: opcache-guard status -c {record.config_path}")
 
@@ -232,7 +287,28 @@ def status_command(directory: Path | None) -> None:
         table.add_row(master.name, str(pid), "yes" if running else "no",
                       "pong" if answered else "-", master.listen, master.status_listen)
     Console().print(table)
+    haproxy = record.haproxy()
+    if haproxy is not None:
+        _print_haproxy(haproxy)
     click.echo(f"configuration: {record.config_path}")
+
+
+def _print_haproxy(haproxy: HaproxyServer) -> None:
+    running = procs.is_alive(haproxy.pid)
+    click.echo(f"HAProxy pid {haproxy.pid} ({'running' if running else 'not running'}) on "
+               f"{haproxy.url}")
+    if not running:
+        return
+    try:
+        rows = haproxy.api().show_stat(haproxy.backend)
+    except GuardError as exc:
+        click.echo(f"  cannot read HAProxy state: {exc}")
+        return
+    for row in rows:
+        if row.get("svname") in ("FRONTEND", "BACKEND"):
+            continue
+        click.echo(f"  server {row.get('svname')}: {row.get('status')}, "
+                   f"{row.get('scur')} in flight, {row.get('stot')} served")
 
 
 @lab_group.command("down")

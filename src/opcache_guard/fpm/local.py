@@ -162,6 +162,7 @@ def render_fpm_conf(spec: MasterSpec) -> str:
         "catch_workers_output = yes",
         "decorate_workers_output = no",
         "clear_env = no",
+        f"env[OPCACHE_GUARD_POOL] = {spec.name}",
         "php_admin_flag[log_errors] = on",
         "php_admin_flag[display_errors] = off",
     ]
