@@ -94,11 +94,7 @@ class EtcdSlot(Slot):
 
     def release(self) -> None:
         """Revoke the lease, which deletes the key; idempotent."""
-        try:
-            self.backend.call("/kv/lease/revoke", {"ID": self.lease_id})
-        except SlotError as exc:
-            if "not found" not in str(exc):
-                raise
+        self.backend.revoke(self.lease_id)
         log.info("released slot of group %s for %s", self.group, self.host)
 
     def refresh(self) -> None:
@@ -112,6 +108,38 @@ class EtcdSlot(Slot):
             raise SlotError(f"slot of group {self.group} for {self.host} is lost: lease "
                             f"{self.lease_id} expired; refresh it more often than every "
                             f"{self.backend.ttl:g} s")
+
+
+class _PendingLease:
+    """The lease a taker puts its key under, granted when first needed.
+
+    A taker may wait longer than ``ttl``, so a lease older than half of it is replaced
+    before use rather than trusted to be alive.
+    """
+
+    def __init__(self, backend: EtcdBackend) -> None:
+        self.backend = backend
+        self.lease_id = 0
+        self.granted_at = 0.0
+
+    def usable_id(self) -> int:
+        if self.lease_id and time.monotonic() - self.granted_at > self.backend.ttl / 2:
+            self.discard()
+        if not self.lease_id:
+            reply = self.backend.call("/lease/grant", {"TTL": int(self.backend.ttl)})
+            self.lease_id = int(reply["ID"])
+            self.granted_at = time.monotonic()
+        return self.lease_id
+
+    def discard(self) -> None:
+        lease_id, self.lease_id = self.lease_id, 0
+        if not lease_id:
+            return
+        try:
+            self.backend.revoke(lease_id)
+        except SlotError as exc:
+            log.warning("failed to revoke unused lease %d, it expires in %g s: %s", lease_id,
+                        self.backend.ttl, exc)
 
 
 @register
@@ -165,6 +193,18 @@ class EtcdBackend(SlotBackend):
         raise SlotError(f"no etcd endpoint answered {path}: {'; '.join(failures)}; check "
                         "[slots] endpoints")
 
+    def revoke(self, lease_id: int) -> None:
+        """Revoke a lease, deleting its key; a lease that already expired is fine.
+
+        Raises:
+            SlotError: etcd is unreachable or failed.
+        """
+        try:
+            self.call("/kv/lease/revoke", {"ID": lease_id})
+        except SlotError as exc:
+            if "lease not found" not in str(exc):
+                raise
+
     def group_prefix(self, group: str) -> str:
         """Return the key prefix of a group's slots, ending in '/'."""
         return f"{self.prefix}/slots/{group}/"
@@ -183,28 +223,21 @@ class EtcdBackend(SlotBackend):
         holder = holder or self.holder
         if self.dry_run:
             return self.dry_run_acquire(group, host, reason, holder)
-        lease_id = int(self.call("/lease/grant", {"TTL": int(self.ttl)})["ID"])
+        lease = _PendingLease(self)
         try:
-            slot = poll(lambda: self._try_take(policy, host, reason, holder, lease_id), timeout)
+            slot = poll(lambda: self._try_take(policy, host, reason, holder, lease), timeout)
         except BaseException:
-            self._revoke_quietly(lease_id)
+            lease.discard()
             raise
-        if slot is None or slot.lease_id != lease_id:
-            self._revoke_quietly(lease_id)
+        if slot is None or slot.lease_id != lease.lease_id:
+            lease.discard()
         if slot is None:
             log.info("timed out after %g s waiting for a slot of group %s for %s", timeout,
                      group, host)
         return slot
 
-    def _revoke_quietly(self, lease_id: int) -> None:
-        try:
-            self.call("/kv/lease/revoke", {"ID": lease_id})
-        except SlotError as exc:
-            log.warning("failed to revoke unused lease %d, it expires in %g s: %s", lease_id,
-                        self.ttl, exc)
-
     def _try_take(self, policy: GroupPolicy, host: str, reason: str, holder: str,
-                  lease_id: int) -> EtcdSlot | None:
+                  lease: _PendingLease) -> EtcdSlot | None:
         prefix = self.group_prefix(policy.name)
         key = prefix + host
         revision, kvs = self._read_group(policy.name)
@@ -218,6 +251,7 @@ class EtcdBackend(SlotBackend):
                             int(kv.get("lease", 0)))
         if len(kvs) >= policy.max_out():
             return None
+        lease_id = lease.usable_id()
         value = json.dumps({"host": host, "holder": holder, "reason": reason,
                             "since": time.time()})
         txn = {

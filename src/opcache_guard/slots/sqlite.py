@@ -127,8 +127,12 @@ class SqliteBackend(SlotBackend):
         self.store = StateStore(path)
         self.machine = socket.gethostname()
         self.boot_id = boot_id()
-        with self.transaction() as conn:
-            conn.executescript(_SCHEMA)
+        try:
+            with contextlib.closing(self.store.connect()) as conn:
+                conn.executescript(_SCHEMA)
+        except (sqlite3.Error, StateError) as exc:
+            raise SlotError(f"cannot create the slot table in {path}: {exc}; set [slots] "
+                            "path to a writable file") from exc
 
     @classmethod
     def from_config(cls, section: dict[str, Any], groups: dict[str, GroupPolicy],
