@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from opcache_guard.slots import create
+from opcache_guard.slots.base import SlotBackend
 
 
 def _update_counter(path: Path, change: int) -> None:
@@ -113,3 +114,26 @@ def kill(process: subprocess.Popen[str]) -> None:
     process.wait(10)
     if process.stdout is not None:
         process.stdout.close()
+
+
+#: Groups for ``check_percentage_limits``: each allows two hosts out.
+PERCENTAGE_GROUPS = {"half": {"limit": "50%", "size": 4},
+                     "guarded": {"limit": 3, "size": 4, "min_pooled": 2}}
+
+
+def check_percentage_limits(backend: SlotBackend) -> None:
+    """Assert that 50% of 4 hosts, and 3 of 4 with 2 kept pooled, both let two hosts out."""
+    for group in PERCENTAGE_GROUPS:
+        assert backend.acquire(group, "a", "test", 0) is not None
+        assert backend.acquire(group, "b", "test", 0) is not None
+        assert backend.acquire(group, "c", "test", 0) is None
+        assert len(backend.holders(group)) == 2
+
+
+def check_bounded_wait(backend: SlotBackend) -> None:
+    """Assert that a taker of a full group of limit 1 gets None after about its timeout."""
+    assert backend.acquire("web", "a", "test", 0) is not None
+    started = time.monotonic()
+    assert backend.acquire("web", "b", "test", 1.0) is None
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 1.5

@@ -2,7 +2,14 @@ import time
 from pathlib import Path
 
 import pytest
-from slots_helpers import contend, kill, start_holder
+from slots_helpers import (
+    PERCENTAGE_GROUPS,
+    check_bounded_wait,
+    check_percentage_limits,
+    contend,
+    kill,
+    start_holder,
+)
 
 from opcache_guard.errors import ConfigError, SlotError
 from opcache_guard.slots import create
@@ -24,22 +31,11 @@ def test_sqlite_limit_holds_under_contention(tmp_path, limit):
 
 
 def test_sqlite_percentage_and_min_pooled(tmp_path):
-    backend = create(section(tmp_path, half={"limit": "50%", "size": 4},
-                             guarded={"limit": 3, "size": 4, "min_pooled": 2}))
-    for group in ("half", "guarded"):
-        assert backend.acquire(group, "a", "test", 0) is not None
-        assert backend.acquire(group, "b", "test", 0) is not None
-        assert backend.acquire(group, "c", "test", 0) is None
-        assert len(backend.holders(group)) == 2
+    check_percentage_limits(create(section(tmp_path, **PERCENTAGE_GROUPS)))
 
 
 def test_sqlite_waits_at_most_timeout(tmp_path):
-    backend = create(section(tmp_path))
-    assert backend.acquire("web", "a", "test", 0) is not None
-    started = time.monotonic()
-    assert backend.acquire("web", "b", "test", 1.0) is None
-    elapsed = time.monotonic() - started
-    assert 0.9 <= elapsed < 1.5
+    check_bounded_wait(create(section(tmp_path)))
 
 
 def test_sqlite_retake_returns_held_slot(tmp_path):

@@ -106,7 +106,7 @@ class GroupStatus:
     policy: GroupPolicy
     max_out: int
     holders: list[Holder]
-    #: False when the backend can list only the slots this process holds (PoolCounter).
+    #: False when the backend lists only the slots of this process (PoolCounter).
     holders_complete: bool = True
 
 
@@ -231,7 +231,6 @@ class SlotBackend(abc.ABC):
                               f"[slots.groups.{group}] (configured groups: {known})")
         return self.groups[group]
 
-    @abc.abstractmethod
     def acquire(self, group: str, host: str, reason: str, timeout: float,
                 holder: str | None = None) -> Slot | None:
         """Take a slot of group for host, waiting at most timeout seconds; None if none came free.
@@ -244,9 +243,28 @@ class SlotBackend(abc.ABC):
             holder: the holder id to take it as; defaults to this backend's ``holder``.
 
         Raises:
-            ConfigError: the group is not configured.
+            ConfigError: the group is not configured, or host is not a valid name.
             SlotError: the backend failed or is unreachable.
         """
+        policy = self.policy(group)
+        check_host(host)
+        holder = holder or self.holder
+        if self.dry_run:
+            return self.dry_run_acquire(group, host, reason, holder)
+        if policy.max_out() < 1:
+            log.info("rejected a slot of group %s for %s: limit %s with min_pooled %d allows "
+                     "none out", group, host, policy.limit, policy.min_pooled)
+            return None
+        slot = self.take(policy, host, reason, timeout, holder)
+        if slot is None:
+            log.info("timed out after %g s waiting for a slot of group %s for %s", timeout,
+                     group, host)
+        return slot
+
+    @abc.abstractmethod
+    def take(self, policy: GroupPolicy, host: str, reason: str, timeout: float,
+             holder: str) -> Slot | None:
+        """Take a slot as ``acquire`` does, after it has checked its arguments."""
 
     def dry_run_acquire(self, group: str, host: str, reason: str, holder: str) -> Slot | None:
         """Decide from ``holders`` whether a slot is free, and take nothing."""
@@ -310,7 +328,7 @@ def parse_groups(section: dict[str, Any]) -> dict[str, GroupPolicy]:
     for name, raw in section.get("groups", {}).items():
         if not _NAME.fullmatch(name):
             raise ConfigError(f"[slots.groups.{name}]: the group name is invalid; use letters, "
-                              "digits, '.', '_' and '-'")
+                              "digits, '.', ':', '_' and '-'")
         unknown = sorted(set(raw) - {"limit", "size", "min_pooled"})
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} in [slots.groups.{name}]; known "

@@ -24,7 +24,7 @@ def slots() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @cliutil.guarded()
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Show each group's limit and who holds its slots. Reads only."""
+    """Show each group's limit and the hosts out of service with its slots. Reads only."""
     config = cliutil.load(config_path)
     if not config.extra.get("slots", {}).get("groups"):
         raise ConfigError("no slot groups configured; add [slots.groups.NAME] sections with "

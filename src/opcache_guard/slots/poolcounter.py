@@ -9,7 +9,7 @@ count-and-take atomic, and it frees every lock of a connection when the connecti
 crashed holder frees its slot at once.
 
 Each slot takes two locks on its own connection: first ``opcache-guard:host:GROUP:HOST`` with
-one worker, so one host never holds two slots of a group whatever process asks, then
+one worker, so one host never has two slots of a group, whichever process requests them, then
 ``opcache-guard:slots:GROUP`` with the group's limit as workers. The same connection asking for
 one key twice would take two slots, which is why every slot has its own connection.
 
@@ -18,7 +18,7 @@ What PoolCounter cannot do:
 - It cannot list holders. ``holders`` returns the slots this backend object holds, and
   ``slots status`` says so. ``STATS`` returns only daemon-wide counters (locks held, workers
   processing and waiting), not counts per key, so it does not help here.
-- It waits in whole seconds: a timeout of 2.7 s waits 2 s, and below 1 s it only tries once.
+- It waits in whole seconds: a timeout of 2.7 s waits 2 s, and below 0.95 s it tries once.
 - Re-taking with the same host and holder returns the held slot only within this process.
 
 Configuration (``[slots]``, with ``backend = "poolcounter"``):
@@ -42,7 +42,6 @@ from opcache_guard.slots.base import (
     Holder,
     Slot,
     SlotBackend,
-    check_host,
     check_keys,
     number,
     register,
@@ -51,6 +50,7 @@ from opcache_guard.slots.base import (
 log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "127.0.0.1:7531"
+_WHOLE_SECOND_SLACK = 0.05
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -165,22 +165,15 @@ class PoolCounterBackend(SlotBackend):
         return cls(groups, parse_address(str(section.get("address", DEFAULT_ADDRESS))),
                    number(section, "timeout", 5.0, 0.1), maxqueue, dry_run)
 
-    def acquire(self, group: str, host: str, reason: str, timeout: float,
-                holder: str | None = None) -> Slot | None:
+    def take(self, policy: GroupPolicy, host: str, reason: str, timeout: float,
+             holder: str) -> Slot | None:
         """Take a slot; see ``SlotBackend.acquire``."""
-        policy = self.policy(group)
-        check_host(host)
-        holder = holder or self.holder
-        if self.dry_run:
-            return self.dry_run_acquire(group, host, reason, holder)
+        group = policy.name
         with self._lock:
             held = self._held.get((group, host))
         if held is not None:
             return held if held.holder == holder else None
         workers = policy.max_out()
-        if workers < 1:
-            log.info("refused a slot of group %s for %s: its limit allows none out", group, host)
-            return None
         deadline = time.monotonic() + timeout
         connection = PoolCounterConnection(self.address, self.timeout)
         try:
@@ -192,8 +185,6 @@ class PoolCounterBackend(SlotBackend):
             raise
         if not taken:
             connection.close()
-            log.info("timed out after %g s waiting for a slot of group %s for %s", timeout,
-                     group, host)
             return None
         slot = PoolCounterSlot(self, connection, group, host, holder, reason)
         with self._lock:
@@ -203,7 +194,9 @@ class PoolCounterBackend(SlotBackend):
 
     def _lock_key(self, connection: PoolCounterConnection, key: str, workers: int,
                   deadline: float) -> bool:
-        wait = max(int(deadline - time.monotonic()), 0)
+        # The daemon waits whole seconds; the slack keeps a 1 s timeout from becoming 0 s
+        # after the few microseconds already spent.
+        wait = max(int(deadline - time.monotonic() + _WHOLE_SECOND_SLACK), 0)
         reply = connection.command(f"ACQ4ME {key} {workers} {workers + self.maxqueue} {wait}",
                                    wait)
         if reply == "LOCKED":

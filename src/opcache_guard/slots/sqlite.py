@@ -34,7 +34,6 @@ from opcache_guard.slots.base import (
     Holder,
     Slot,
     SlotBackend,
-    check_host,
     check_keys,
     number,
     poll,
@@ -169,19 +168,10 @@ class SqliteBackend(SlotBackend):
         finally:
             conn.close()
 
-    def acquire(self, group: str, host: str, reason: str, timeout: float,
-                holder: str | None = None) -> Slot | None:
+    def take(self, policy: GroupPolicy, host: str, reason: str, timeout: float,
+             holder: str) -> Slot | None:
         """Take a slot; see ``SlotBackend.acquire``."""
-        policy = self.policy(group)
-        check_host(host)
-        holder = holder or self.holder
-        if self.dry_run:
-            return self.dry_run_acquire(group, host, reason, holder)
-        slot = poll(lambda: self._try_take(policy, host, reason, holder), timeout)
-        if slot is None:
-            log.info("timed out after %g s waiting for a slot of group %s for %s", timeout,
-                     group, host)
-        return slot
+        return poll(lambda: self._try_take(policy, host, reason, holder), timeout)
 
     def _try_take(self, policy: GroupPolicy, host: str, reason: str,
                   holder: str) -> SqliteSlot | None:
