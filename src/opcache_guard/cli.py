@@ -32,6 +32,7 @@ from opcache_guard.errors import ConfigError, GuardError
 from opcache_guard.fastcgi import parse_address
 from opcache_guard.health import Status
 from opcache_guard.lab import lab_group
+from opcache_guard.slots import command as slots_command
 
 UNKNOWN = int(Status.UNKNOWN)
 no_state_option = click.option(
@@ -176,3 +177,4 @@ def exporter(config_path: Path | None, addresses: tuple[str, ...], listen: str,
 
 main.add_command(lab_group)
 lab_group.add_command(demo_command)
+main.add_command(slots_command.slots)

@@ -15,18 +15,35 @@ demand a minimum number of pooled hosts. Every backend guarantees:
   lease, PoolCounter frees it with the connection, SQLite frees slots whose holder process is
   gone or whose lease ran out. ``Slot.refresh`` keeps a long hold alive.
 - ``release`` is idempotent.
-- ``holders`` and ``status`` only read, and are safe in a dry run.
+- ``holders`` and ``status`` only read, and are safe in a dry run. In a dry run ``acquire``
+  only reads too: it returns a ``DryRunSlot`` when a slot is free and takes nothing.
+
+A holder is a string, ``hostname:pid:random`` by default (one per backend object). The journal
+stores ``Slot.token``; a run that finds a token after a crash passes its holder back to
+``acquire`` to get the same slot again rather than a second one.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
+import os
 import re
+import secrets
+import socket
 import time
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from opcache_guard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from opcache_guard.config import Config
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +106,15 @@ class GroupStatus:
     policy: GroupPolicy
     max_out: int
     holders: list[Holder]
+    #: False when the backend lists only the slots of this process (PoolCounter).
+    holders_complete: bool = True
 
 
 class Slot(abc.ABC):
     """A slot held by this process; the backend's handle to release it."""
+
+    #: Seconds the slot survives without ``refresh``; None when it lives as long as its holder.
+    ttl: float | None = None
 
     def __init__(self, group: str, host: str, holder: str, reason: str) -> None:
         self.group = group
@@ -113,15 +135,83 @@ class Slot(abc.ABC):
         return f"{self.group}/{self.host}/{self.holder}"
 
 
+def split_token(token: str) -> tuple[str, str, str]:
+    """Split a ``Slot.token`` into group, host and holder.
+
+    Raises:
+        ConfigError: the token does not have the form GROUP/HOST/HOLDER.
+    """
+    parts = token.rsplit("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ConfigError(f"slot token {token!r} is invalid; expected GROUP/HOST/HOLDER")
+    return parts[0], parts[1], parts[2]
+
+
+class DryRunSlot(Slot):
+    """The slot a dry run would have taken; releasing it changes nothing."""
+
+    def release(self) -> None:
+        """Do nothing, as nothing was taken."""
+
+
+def new_holder_id() -> str:
+    """Return a fresh holder id, ``hostname:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def poll(attempt: Callable[[], T | None], timeout: float, first_delay: float = 0.02,
+         max_delay: float = 0.5) -> T | None:
+    """Call attempt until it returns a value or timeout seconds pass, with a growing delay.
+
+    attempt runs at least once, even with a timeout of zero, and never after the deadline.
+    Returns its first result that is not None, or None.
+    """
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    while True:
+        result = attempt()
+        if result is not None:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        # Jitter keeps waiters that started together from polling in lockstep.
+        time.sleep(min(delay * (0.5 + secrets.randbelow(1000) / 1000), remaining))
+        delay = min(delay * 2, max_delay)
+
+
+def check_keys(section: dict[str, Any], backend: str, known: Iterable[str]) -> None:
+    """Raise ConfigError for a key of ``[slots]`` that neither the backend nor groups use."""
+    allowed = {"backend", "groups", *known}
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [slots] for backend {backend}; "
+                          f"known keys: {', '.join(sorted(allowed))}")
+
+
+def number(section: dict[str, Any], key: str, default: float, minimum: float) -> float:
+    """Read a positive number from ``[slots]``, or raise ConfigError naming the key."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"[slots] {key} = {value!r} must be a number of seconds")
+    if value < minimum:
+        raise ConfigError(f"[slots] {key} = {value!r} is too small; use at least {minimum:g}")
+    return float(value)
+
+
 class SlotBackend(abc.ABC):
     """One coordination store; see the module docstring for the contract."""
 
     #: The name that selects this backend in ``[slots] backend = ...``.
     name: ClassVar[str]
 
+    #: Whether ``holders`` lists every holder, or only those of this process.
+    lists_all_holders: ClassVar[bool] = True
+
     def __init__(self, groups: dict[str, GroupPolicy], dry_run: bool = False) -> None:
         self.groups = groups
         self.dry_run = dry_run
+        self.holder = new_holder_id()
 
     @classmethod
     @abc.abstractmethod
@@ -141,9 +231,56 @@ class SlotBackend(abc.ABC):
                               f"[slots.groups.{group}] (configured groups: {known})")
         return self.groups[group]
 
+    def acquire(self, group: str, host: str, reason: str, timeout: float,
+                holder: str | None = None) -> Slot | None:
+        """Take a slot of group for host, waiting at most timeout seconds; None if none came free.
+
+        Arguments:
+            group: a configured group.
+            host: the host that goes out of service.
+            reason: why, shown by ``slots status``.
+            timeout: seconds to wait for a free slot; zero tries once.
+            holder: the holder id to take it as; defaults to this backend's ``holder``.
+
+        Raises:
+            ConfigError: the group is not configured, or host is not a valid name.
+            SlotError: the backend failed or is unreachable.
+        """
+        policy = self.policy(group)
+        check_host(host)
+        holder = holder or self.holder
+        if self.dry_run:
+            return self.dry_run_acquire(group, host, reason, holder)
+        if policy.max_out() < 1:
+            log.info("rejected a slot of group %s for %s: limit %s with min_pooled %d allows "
+                     "none out", group, host, policy.limit, policy.min_pooled)
+            return None
+        slot = self.take(policy, host, reason, timeout, holder)
+        if slot is None:
+            log.info("timed out after %g s waiting for a slot of group %s for %s", timeout,
+                     group, host)
+        return slot
+
     @abc.abstractmethod
-    def acquire(self, group: str, host: str, reason: str, timeout: float) -> Slot | None:
-        """Take a slot of group for host, waiting at most timeout seconds; None if none came free."""
+    def take(self, policy: GroupPolicy, host: str, reason: str, timeout: float,
+             holder: str) -> Slot | None:
+        """Take a slot as ``acquire`` does, after it has checked its arguments."""
+
+    def dry_run_acquire(self, group: str, host: str, reason: str, holder: str) -> Slot | None:
+        """Decide from ``holders`` whether a slot is free, and take nothing."""
+        policy = self.policy(group)
+        current = self.holders(group)
+        mine = [h for h in current if h.host == host]
+        if mine and mine[0].holder != holder:
+            log.info("would wait: %s already out of group %s, held by %s", host, group,
+                     mine[0].holder)
+            return None
+        if not mine and len(current) >= policy.max_out():
+            log.info("would wait: group %s has %d of %d slots taken", group, len(current),
+                     policy.max_out())
+            return None
+        log.info("would take a slot of group %s for %s (%s)", group, host, reason)
+        return DryRunSlot(group, host, holder, reason)
 
     @abc.abstractmethod
     def holders(self, group: str) -> list[Holder]:
@@ -159,7 +296,7 @@ class SlotBackend(abc.ABC):
 
     def status(self) -> list[GroupStatus]:
         """Return every configured group's limit and holders."""
-        return [GroupStatus(policy, policy.max_out(), self.holders(name))
+        return [GroupStatus(policy, policy.max_out(), self.holders(name), self.lists_all_holders)
                 for name, policy in sorted(self.groups.items())]
 
     def close(self) -> None:
@@ -167,6 +304,16 @@ class SlotBackend(abc.ABC):
 
 
 _BACKENDS: dict[str, type[SlotBackend]] = {}
+
+# Group and host names become etcd keys and PoolCounter keys, which end at a space.
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def check_host(host: str) -> None:
+    """Raise ConfigError for a host name that cannot be part of a slot key."""
+    if not _NAME.fullmatch(host):
+        raise ConfigError(f"host name {host!r} is invalid for a slot; use letters, digits, "
+                          "'.', ':', '_' and '-'")
 
 
 def register(backend: type[SlotBackend]) -> type[SlotBackend]:
@@ -179,6 +326,9 @@ def parse_groups(section: dict[str, Any]) -> dict[str, GroupPolicy]:
     """Read ``[slots.groups.NAME]`` tables into validated policies."""
     groups = {}
     for name, raw in section.get("groups", {}).items():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"[slots.groups.{name}]: the group name is invalid; use letters, "
+                              "digits, '.', ':', '_' and '-'")
         unknown = sorted(set(raw) - {"limit", "size", "min_pooled"})
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} in [slots.groups.{name}]; known "
@@ -204,3 +354,14 @@ def create(section: dict[str, Any], dry_run: bool = False) -> SlotBackend:
         raise ConfigError(f"[slots] backend = {name!r} is not a known slot backend; "
                           f"use one of: {known}")
     return _BACKENDS[name].from_config(section, parse_groups(section), dry_run)
+
+
+def create_from(config: Config, dry_run: bool = False) -> SlotBackend:
+    """Build the slot backend of a loaded configuration's ``[slots]`` section.
+
+    The SQLite backend keeps its table in the configuration's state file unless ``path`` is set.
+    """
+    section = dict(config.extra.get("slots", {}))
+    if section.get("backend", "sqlite") == "sqlite":
+        section.setdefault("path", str(config.state_file))
+    return create(section, dry_run)
