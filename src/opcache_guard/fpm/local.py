@@ -23,6 +23,7 @@ PING_PATH = "/fpm-ping"
 PING_RESPONSE = "pong"
 FPM_PROGRAMS = ("php-fpm8.2", "php-fpm")
 FPM_ENV = "OPCACHE_GUARD_PHP_FPM"
+READY_LINE = "ready to handle connections"
 
 
 @dataclasses.dataclass
@@ -217,9 +218,16 @@ def start(spec: MasterSpec, timeout: float = 10.0) -> int:
     if check.returncode != 0:
         raise LabError(f"php-fpm rejected the configuration {spec.fpm_conf}: "
                        f"{(check.stderr or check.stdout).strip()}")
+    log_offset = spec.log_file.stat().st_size if spec.log_file.exists() else 0
     process = procs.spawn(argv, spec.directory / "php-fpm.stdout", env=_fpm_env())
     address = spec.listen_address()
-    if not procs.wait_until(lambda: process.poll() is not None or ping(address, 0.5), timeout):
+
+    def ready() -> bool:
+        # The ping alone could be answered by another process that took the port first, so
+        # the master's own log must say it is ready too.
+        return _logged_since(spec.log_file, log_offset, READY_LINE) and ping(address, 0.5)
+
+    if not procs.wait_until(lambda: process.poll() is not None or ready(), timeout):
         procs.stop(process.pid, str(spec.fpm_conf))
         raise LabError(f"php-fpm master {spec.name} did not answer its ping on {address} "
                        f"within {timeout:g} s; see {spec.log_file}")
@@ -235,6 +243,15 @@ def stop(spec: MasterSpec, pid: int | None = None, timeout: float = 15.0) -> boo
     if pid is None:
         return False
     return procs.stop(pid, str(spec.fpm_conf), signal.SIGQUIT, timeout)
+
+
+def _logged_since(path: Path, offset: int, text: str) -> bool:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return text.encode() in log.read()
+    except OSError:
+        return False
 
 
 def _fpm_env() -> dict[str, str]:
