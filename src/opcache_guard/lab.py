@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import tomli_w
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +26,7 @@ from opcache_guard.cliutil import guarded
 from opcache_guard.config import default_state_root
 from opcache_guard.errors import GuardError, LabError
 from opcache_guard.fpm import local
+from opcache_guard.labhosts import GROUP, SLOT_BACKENDS, start_slot_server, write_host_configs
 from opcache_guard.servers.haproxy import FcgiServer, HaproxyServer
 
 RECORD = "lab.json"
@@ -122,24 +124,18 @@ def _prepare_directory(directory: Path) -> None:
 
 def render_config(record: LabRecord, state_file: Path) -> str:
     """Render lab.toml: the pools, a state file and probe directory inside the lab."""
-    lines = [
-        "# Written by 'opcache-guard lab up'. Every opcache-guard command accepts it with -c.",
-        f'state_file = "{state_file}"',
-        "",
-        "[probe]",
-        f'script_dir = "{Path(record.directory) / "probe"}"',
-        "connect_timeout = 1.0",
-        "read_timeout = 5.0",
-        "",
-    ]
-    for master in record.masters:
-        lines += [
-            f"[pools.{master.name}]",
-            f'address = "{master.listen}"',
-            f'status_listen = "{master.status_listen}"',
-            "",
-        ]
-    return "\n".join(lines)
+    document: dict[str, Any] = {
+        "state_file": str(state_file),
+        "probe": {"script_dir": str(Path(record.directory) / "probe"),
+                  "connect_timeout": 1.0, "read_timeout": 5.0},
+        "pools": {master.name: {"address": master.listen, "status_listen": master.status_listen}
+                  for master in record.masters},
+    }
+    slots = record.extra.get("slots")
+    if slots:
+        document["slots"] = {**slots["section"], "groups": {GROUP: {"limit": slots["limit"]}}}
+    header = "# Written by 'opcache-guard lab up'. Every opcache-guard command accepts it with -c.\n"
+    return header + tomli_w.dumps(document)
 
 
 def _write_app(directory: Path) -> Path:
@@ -166,7 +162,8 @@ def _start_haproxy(record: LabRecord) -> None:
 
 
 def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
-           max_children: int = 4, haproxy: bool = True) -> LabRecord:
+           max_children: int = 4, haproxy: bool = True, slots: str = "sqlite",
+           limit: int = 1) -> LabRecord:
     """Start the lab's masters and write its configuration.
 
     Raises:
@@ -198,6 +195,12 @@ def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
             record.save()
         if haproxy:
             _start_haproxy(record)
+        record.extra["slots"] = {**start_slot_server(directory, slots), "limit": limit}
+        record.save()
+        specs = [master.spec() for master in record.masters]
+        admin_socket = record.extra.get("haproxy", {}).get("admin_socket")
+        write_host_configs(directory, specs, record.extra["slots"]["section"], limit,
+                           admin_socket)
     except GuardError:
         lab_down(directory)
         raise
@@ -218,6 +221,9 @@ def lab_down(directory: Path) -> list[str]:
         pid = haproxy.pid
         haproxy.stop()
         stopped.append(f"HAProxy (pid {pid})")
+    slot_server = record.extra.get("slots", {})
+    if slot_server.get("pid") and procs.stop(slot_server["pid"], slot_server["marker"]):
+        stopped.append(f"{slot_server['section']['backend']} (pid {slot_server['pid']})")
     for master in record.masters:
         spec = master.spec()
         pid = procs.read_pid(spec.pid_file) or master.pid
@@ -249,14 +255,19 @@ def lab_group() -> None:
 @click.option("--children", default=4, show_default=True, help="pm.max_children of each pool.")
 @click.option("--haproxy/--no-haproxy", default=True, show_default=True,
               help="Put HAProxy in front of the pools.")
+@click.option("--slots", "slots", type=click.Choice(SLOT_BACKENDS), default="sqlite",
+              show_default=True, help="Slot backend of the lab's hosts; etcd and poolcounter "
+              "start their server in the lab.")
+@click.option("--limit", default=1, show_default=True, type=click.IntRange(1),
+              help="Hosts of the lab that may be out of service at once.")
 @guarded()
 def up_command(directory: Path | None, pools: int, memory: int, max_files: int,
-               max_wasted: int, children: int, haproxy: bool) -> None:
+               max_wasted: int, children: int, haproxy: bool, slots: str, limit: int) -> None:
     """Start the lab and write lab.toml for the other commands."""
     directory = directory or default_lab_dir()
     opcache = local.OpcacheSettings(memory_consumption=memory, max_accelerated_files=max_files,
                                     max_wasted_percentage=max_wasted)
-    record = lab_up(directory, pools, opcache, children, haproxy)
+    record = lab_up(directory, pools, opcache, children, haproxy, slots, limit)
     for master in record.masters:
         click.echo(f"started php-fpm master {master.name} (pid {master.pid}) on {master.listen}, "
                    f"status on {master.status_listen}")
@@ -264,7 +275,11 @@ def up_command(directory: Path | None, pools: int, memory: int, max_files: int,
     if balancer:
         click.echo(f"started HAProxy (pid {balancer['pid']}) on {balancer['url']}, admin socket "
                    f"{balancer['admin_socket']}")
+    slot_server = record.extra["slots"]
+    if slot_server.get("pid"):
+        click.echo(f"started {slots} (pid {slot_server['pid']}) for the lab's slots")
     click.echo(f"configuration: {record.config_path}")
+    click.echo(f"host configurations: {directory / 'hosts'}/app*.toml")
     click.echo(f"try: opcache-guard status -c {record.config_path}")
 
 
