@@ -66,6 +66,31 @@ def spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = N
         )
 
 
+def launch(argv: Sequence[str], log_path: Path, ready: Callable[[], bool], *, name: str,
+           marker: str, timeout: float, env: Mapping[str, str] | None = None,
+           cwd: Path | None = None, interval: float = 0.02) -> int:
+    """Start a server and wait until ready() returns true; return its pid.
+
+    Arguments:
+        argv: the server's command line.
+        log_path: where its output goes; the errors point there.
+        ready: called until it returns true.
+        name: how errors name the server, for example "etcd on http://127.0.0.1:2379".
+        marker: a string of the command line, so a timed-out server is stopped safely.
+        timeout: seconds to wait.
+
+    Raises:
+        LabError: the server exited, or was not ready within timeout (it is stopped then).
+    """
+    process = spawn(argv, log_path, env=env, cwd=cwd)
+    if not wait_until(lambda: process.poll() is not None or ready(), timeout, interval):
+        stop(process.pid, marker)
+        raise LabError(f"{name} was not ready within {timeout:g} s; see {log_path}")
+    if process.poll() is not None:
+        raise LabError(f"{name} exited with status {process.returncode}; see {log_path}")
+    return process.pid
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     """Call predicate until it returns true or timeout seconds pass; return the last result."""
     deadline = time.monotonic() + timeout

@@ -219,7 +219,6 @@ def start(spec: MasterSpec, timeout: float = 10.0) -> int:
         raise LabError(f"php-fpm rejected the configuration {spec.fpm_conf}: "
                        f"{(check.stderr or check.stdout).strip()}")
     log_offset = spec.log_file.stat().st_size if spec.log_file.exists() else 0
-    process = procs.spawn(argv, spec.directory / "php-fpm.stdout", env=_fpm_env())
     address = spec.listen_address()
 
     def ready() -> bool:
@@ -227,14 +226,12 @@ def start(spec: MasterSpec, timeout: float = 10.0) -> int:
         # the master's own log must say it is ready too.
         return _logged_since(spec.log_file, log_offset, READY_LINE) and ping(address, 0.5)
 
-    if not procs.wait_until(lambda: process.poll() is not None or ready(), timeout):
-        procs.stop(process.pid, str(spec.fpm_conf))
-        raise LabError(f"php-fpm master {spec.name} did not answer its ping on {address} "
-                       f"within {timeout:g} s; see {spec.log_file}")
-    if process.poll() is not None:
-        raise LabError(f"php-fpm master {spec.name} exited with status {process.returncode}: "
-                       f"{_tail(spec.log_file)}")
-    return process.pid
+    try:
+        return procs.launch(argv, spec.directory / "php-fpm.stdout", ready,
+                            name=f"php-fpm master {spec.name} on {address}",
+                            marker=str(spec.fpm_conf), timeout=timeout, env=_fpm_env())
+    except LabError as exc:
+        raise LabError(f"{exc}; last lines of {spec.log_file}: {_tail(spec.log_file)}") from exc
 
 
 def stop(spec: MasterSpec, pid: int | None = None, timeout: float = 15.0) -> bool:

@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 from opcache_guard import procs
-from opcache_guard.errors import GuardError
 
 
 @dataclasses.dataclass
@@ -44,16 +43,9 @@ class EtcdServer:
             "--initial-cluster", f"{self.name}={peer}", "--logger=zap",
             "--log-outputs", str(self.directory / "etcd.log"),
         ]
-        process = procs.spawn(argv, self.directory / "etcd.stdout")
-        self.pid = process.pid
-        if not procs.wait_until(lambda: process.poll() is not None or self.healthy(), timeout,
-                                interval=0.05):
-            self.stop()
-            raise GuardError(f"etcd on {self.url} did not become healthy within {timeout:g} s; "
-                             f"see {self.directory / 'etcd.log'}")
-        if process.poll() is not None:
-            raise GuardError(f"etcd exited with status {process.returncode}; "
-                             f"see {self.directory / 'etcd.log'}")
+        self.pid = procs.launch(argv, self.directory / "etcd.stdout", self.healthy,
+                                name=f"etcd on {self.url}", marker=str(self.directory / "data"),
+                                timeout=timeout, interval=0.05)
         return self
 
     def healthy(self) -> bool:

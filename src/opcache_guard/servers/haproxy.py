@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 from opcache_guard import procs
-from opcache_guard.errors import ConfigError, LabError
+from opcache_guard.errors import ConfigError
 from opcache_guard.lb.haproxy_api import RuntimeAPI, SocketAddress, wait_for_socket
 
 HAPROXY_PROGRAMS = ("haproxy",)
@@ -114,19 +114,11 @@ class HaproxyServer:
         self.config_file.write_text(render_config(self))
         self._check_config(program)
 
-        process = procs.spawn([program, "-f", str(self.config_file), "-db"], self.log_file,
-                              cwd=self.directory)
-        self.pid = process.pid
         api = self.api(timeout=1.0)
-        if not procs.wait_until(lambda: process.poll() is not None or wait_for_socket(api, 0.2),
-                                timeout):
-            self.stop()
-            raise LabError(f"HAProxy's admin socket {self.admin_socket} did not respond within "
-                           f"{timeout:g} s; see {self.log_file}")
-        if process.poll() is not None:
-            self.pid = 0
-            raise LabError(f"HAProxy exited with status {process.returncode}; "
-                           f"see {self.log_file}")
+        self.pid = procs.launch([program, "-f", str(self.config_file), "-db"], self.log_file,
+                                lambda: wait_for_socket(api, 0.2),
+                                name=f"HAProxy with admin socket {self.admin_socket}",
+                                marker=str(self.config_file), timeout=timeout, cwd=self.directory)
         return self
 
     def stop(self) -> None:

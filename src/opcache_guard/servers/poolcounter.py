@@ -45,17 +45,10 @@ class PoolCounterServer:
                              "cannot use another port; stop whatever listens there")
         self.directory.mkdir(parents=True, exist_ok=True)
         log_path = self.directory / "poolcounterd.log"
-        process = procs.spawn([program, "-l", self.host], log_path, cwd=self.directory)
-        self.pid = process.pid
-        if not procs.wait_until(lambda: process.poll() is not None or port_taken(self.host),
-                                timeout, interval=0.02):
-            self.stop()
-            raise GuardError(f"poolcounterd did not listen on {self.address} within "
-                             f"{timeout:g} s; see {log_path}")
-        if process.poll() is not None:
-            self.pid = 0
-            raise GuardError(f"poolcounterd exited with status {process.returncode}; "
-                             f"see {log_path}")
+        self.pid = procs.launch([program, "-l", self.host], log_path,
+                                lambda: port_taken(self.host),
+                                name=f"poolcounterd on {self.address}", marker="poolcounterd",
+                                timeout=timeout, cwd=self.directory)
         return self
 
     def stop(self) -> None:
