@@ -6,6 +6,7 @@ import click
 
 from opcache_guard import __version__
 from opcache_guard.cliutil import setup_logging
+from opcache_guard.stress.command import stress_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,3 +15,6 @@ from opcache_guard.cliutil import setup_logging
 def main(verbose: int) -> None:
     """Watch PHP-FPM OPcache and restart servers before OPcache restarts itself."""
     setup_logging(verbose)
+
+
+main.add_command(stress_command)
