@@ -115,7 +115,7 @@ def generate_file(seed: int, round_no: int, name: str, fault: str = "",
 def _render(seed: int, round_no: int, name: str, class_name: str, method_name: str,
             expected_class: str, data: str, data_hash: str, table: dict[str, str],
             constants: dict[str, str], helpers: list[str]) -> str:
-    first_constant = sorted(constants)[0]
+    first_constant = min(constants)
     lines = [
         "<?php",
         f"// opcache-guard stress file {name}, seed {seed}, round {round_no}. Generated.",
@@ -158,8 +158,8 @@ def _render(seed: int, round_no: int, name: str, class_name: str, method_name: s
     lines += [
         "}",
         "",
-        f"return ['class' => hex2bin('{_hex(class_name)}'), "
-        f"'method' => hex2bin('{_hex(method_name)}')];",
+        (f"return ['class' => hex2bin('{_hex(class_name)}'), "
+        f"'method' => hex2bin('{_hex(method_name)}')];"),
         "",
     ]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from opcache_guard.fpm.local import OpcacheSettings
 from opcache_guard.stress.codegen import FAULTS
 from opcache_guard.stress.deploy import Deployer, DeployPlan
 from opcache_guard.stress.load import CLIENTS, LoadSettings
-from opcache_guard.stress.report import build_report, exit_status, print_summary, write_report
+from opcache_guard.stress.report import build_report, print_summary, write_report
 from opcache_guard.stress.run import Storms, StressRun
 from opcache_guard.stress.target import Target, existing_target, start_lab, stop_lab
 
@@ -105,7 +105,7 @@ class _OneLineErrors(click.Command):
 @click.option("--dry-run", is_flag=True, help="Print the plan and the files' paths; change nothing.")
 @click.pass_context
 @guarded()
-def stress_command(ctx: click.Context, **options: Any) -> None:
+def stress_command(ctx: click.Context, /, **options: Any) -> None:
     """Deploy self-validating PHP code under load and report any OPcache corruption."""
     if options["seed"] is None:
         options["seed"] = secrets.randbelow(2**31)

@@ -173,11 +173,11 @@ def check_problems(check: dict[str, Any]) -> list[tuple[str, str]]:
     if check.get("table_ok") is False:
         problems.append(("table_mismatch", "the table's JSON digest differs from the literal"))
     if "class" in check and check.get("class") != check.get("expected_class"):
-        problems.append(("class_mismatch", f"static::class is {check.get('class')!r}, "
-                                           f"expected {check.get('expected_class')!r}"))
+        problems.append(("class_mismatch", (f"static::class is {check.get('class')!r}, "
+                                           f"expected {check.get('expected_class')!r}")))
     if "method" in check and check.get("method") != check.get("expected_method"):
-        problems.append(("method_mismatch", f"__FUNCTION__ is {check.get('method')!r}, "
-                                            f"expected {check.get('expected_method')!r}"))
+        problems.append(("method_mismatch", (f"__FUNCTION__ is {check.get('method')!r}, "
+                                            f"expected {check.get('expected_method')!r}")))
     if not problems:
         problems.append(("check_failed", json.dumps(check)[:300]))
     return problems

@@ -126,8 +126,8 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
     table.add_column("what")
     table.add_column("value", justify="right")
     rows = [
-        ("requests", f"{report['requests']} in {report['elapsed']:.1f} s "
-                     f"({report['requests_per_second']:.0f}/s)"),
+        ("requests", (f"{report['requests']} in {report['elapsed']:.1f} s "
+                     f"({report['requests_per_second']:.0f}/s)")),
         ("checks passed", f"{report['checks_passed']} of {report['checks']}"),
         ("deploy rounds", str(report["rounds"])),
         ("opcache_reset() requests", str(report["opcache_resets_requested"])),
