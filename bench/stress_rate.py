@@ -2,9 +2,9 @@
 
 Both drive the same entry script of one deployed round on one lab php-fpm master (4 workers,
 roomy OPcache), with 8 requests in flight for 5 seconds and a new FastCGI connection per
-request. wrk goes through HAProxy (FastCGI backend, ``no option keep-conn``); the harness
-talks FastCGI directly, once with its asyncio client and once with its threads client and
-full reply checking. A ratio near 1 or above means the harness is not the bottleneck: the
+request. wrk goes through HAProxy (FastCGI backend, ``no option keep-conn``). The harness
+talks FastCGI directly and checks every reply, once with its asyncio client and once with its
+threads client. A ratio near 1 or above means the harness is not the bottleneck: the
 pool is.
 
 Run: ``.venv/bin/python bench/stress_rate.py`` (needs php8.2-fpm, haproxy and wrk).

@@ -77,16 +77,28 @@ def test_reset_and_reload_storms(tmp_path: Path) -> None:
     assert report["findings"]["total"] == 0, report["findings"]
 
 
-def test_existing_pool_with_pid_file(tmp_path: Path, fpm_master: MasterFactory) -> None:
+def test_existing_pool_clean_run(tmp_path: Path, fpm_master: MasterFactory) -> None:
+    spec = fpm_master()
+    result, report = stress(tmp_path, "--fpm", spec.listen, "--docroot", str(spec.docroot),
+                            "--fpm-log", str(spec.log_file), "--duration", "1.5", "--seed", "8")
+    assert result.exit_code == 0, result.output
+    assert report["checks_passed"] > 100
+    assert report["settings"]["opcache"] is None
+    assert not any(spec.docroot.iterdir())
+
+
+def test_existing_pool_reloads(tmp_path: Path, fpm_master: MasterFactory) -> None:
     spec = fpm_master()
     result, report = stress(tmp_path, "--fpm", spec.listen, "--docroot", str(spec.docroot),
                             "--pid-file", str(spec.pid_file), "--fpm-log", str(spec.log_file),
                             "--duration", "1.5", "--seed", "8", "--reload-interval", "1")
-    assert result.exit_code == 0, result.output
     assert report["reloads"] >= 1
     assert report["checks_passed"] > 100
-    assert report["settings"]["opcache"] is None
-    assert not any(spec.docroot.iterdir())
+    assert report["dropped_during_reload"] + report["findings"]["total"] < 20
+    # NOTE: a worker forked right after a USR2 reload of this pool sometimes exits on SIGSEGV
+    # (php-fpm 8.2, about one run in five); that is a real finding, so it may fail the run.
+    assert set(report["findings"]["by_kind"]) <= {"worker_crash"}, report["findings"]
+    assert result.exit_code == (1 if report["findings"]["total"] else 0), result.output
 
 
 @pytest.mark.parametrize("args", [

@@ -11,8 +11,8 @@ string (hashed with SHA-512, so independent of PYTHONHASHSEED), no clock, sorted
 The same seed regenerates byte-identical code, so a failing run can be replayed.
 
 Files that PHP executes are written with ``O_EXCL`` under a temporary name in the target's
-own directory, given their mtime, then renamed onto the target, so a rewrite is atomic the
-way rsync's is and a worker never reads half a file.
+own directory and given their mtime. Then they are renamed onto the target, so a rewrite is
+atomic like rsync's and a worker never reads half a file.
 """
 
 from __future__ import annotations
@@ -255,8 +255,8 @@ def write_atomic(path: Path, content: bytes, mtime: float) -> None:
     """Replace path with content and the given mtime in one rename.
 
     The temporary file is created with O_EXCL beside the target, so nothing else can have
-    placed it there, and it gets its mtime before the rename, so OPcache sees the new
-    timestamp together with the new content.
+    placed it there. It gets its mtime before the rename, so OPcache reads the new timestamp
+    together with the new content.
 
     Raises:
         StressError: the file could not be written.

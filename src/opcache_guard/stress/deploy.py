@@ -14,8 +14,8 @@ cache until OPcache restarts itself.
 
 Why legitimate races are not reported as corruption:
 
-- A request names its round; the manifest of that round never changes, so the request sees
-  a fixed list of files. Manifests are kept for ``keep_rounds`` rounds after they were
+- A request names its round, and the manifest of that round never changes, so the request
+  includes a fixed list of files. Manifests are kept for ``keep_rounds`` rounds after they were
   current, then deleted.
 - A removed file leaves the newest manifest at once, but stays on disk until every manifest
   that lists it has been deleted, one round later. Only in-place rewrites keep a path, and
@@ -91,7 +91,7 @@ class DeployPlan:
 
 @dataclasses.dataclass
 class RoundInfo:
-    """What one round changed, as file names inside ``live/``."""
+    """Changes of one round, as file names inside ``live/``."""
 
     round: int
     time: float

@@ -1,10 +1,10 @@
 """Detect corruption and crashes in replies, the FPM log and transport failures.
 
-A finding is anything that cannot happen with sound code and a sound cache: a check whose
-hash, table digest, class name or method name differs from what the file expects, a PHP
-exception or fatal error, PHP output on stderr, a reply that is not 200 or not JSON, a
-worker that died on a signal or reported a corrupted heap, and a request that failed while
-no reload was running. Each finding carries the OPcache state of the latest sample.
+A finding is anything that cannot happen with sound code and a sound cache. These are a
+check whose hash, table digest, class name or method name differs from what the file
+expects, a PHP exception or fatal error, and PHP output on stderr. So are a reply that is
+not 200 or not JSON, a worker that died on a signal or reported a corrupted heap, and a
+request that failed while no reload was running. Each finding carries the OPcache state of the latest sample.
 
 Not findings, but counted: checks of files that a newer deploy had removed ("gone"),
 requests whose round had already expired, and requests dropped while a USR2 reload of the

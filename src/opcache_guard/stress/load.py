@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from opcache_guard.errors import FastCGIError, ProtocolError
 from opcache_guard.fastcgi import (
+    DEFAULT_MAX_RESPONSE,
     Address,
     FastCGIClient,
     RecordDecoder,
@@ -55,7 +56,7 @@ class LoadSettings:
 
 @dataclasses.dataclass
 class LoadTarget:
-    """Where requests go and what to do with their outcome."""
+    """Destination of the requests, and the handlers of their outcomes."""
 
     address: Address
     script_filename: str
@@ -159,5 +160,7 @@ async def _request(address: Address, params: dict[str, str], started: float) -> 
                     stderr += record.content
                 elif record.type == RecordType.END_REQUEST:
                     return finish_reply(address, record, bytes(stdout), bytes(stderr), started)
+            if len(stdout) + len(stderr) > DEFAULT_MAX_RESPONSE:
+                raise ProtocolError(f"reply from {address} exceeds {DEFAULT_MAX_RESPONSE} bytes")
     finally:
         writer.close()

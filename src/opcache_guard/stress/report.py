@@ -154,4 +154,5 @@ def print_summary(report: dict[str, Any], console: Console | None = None) -> Non
                 console.print(f"    at {example['time']:.2f} s, round {example['round']}, "
                               f"file {example['file'] or '-'}, pid {example['pid']}: "
                               f"{example['detail'][:160]}", markup=False, highlight=False)
-    console.print(f"replay: {report['replay_command']}", markup=False, highlight=False)
+    console.print(f"replay: {report['replay_command']}", markup=False, highlight=False,
+                  soft_wrap=True)

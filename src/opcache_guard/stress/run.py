@@ -1,6 +1,6 @@
 """Run one stress session: deploys, load, storms and sampling side by side.
 
-Every background activity is a thread that stops on one shared event; the load runs in the
+Every background activity is a thread that stops on one shared event. The load runs in the
 calling thread and bounds the session in time and count. A failed deploy stops the session
 and is raised once everything has stopped.
 """
@@ -220,10 +220,10 @@ class StressRun:
             self.stop.set()
             return
         address = self.target.pool.address
-        # The old master still answers until its workers finish; wait past the re-exec.
+        # The old master keeps serving until its workers finish, so wait past the re-exec.
         self.stop.wait(0.1)
         procs.wait_until(lambda: local.ping(address, 0.5), 10.0, 0.01)
-        # Connections accepted just before the re-exec fail a little after it answers again.
+        # Connections accepted just before the re-exec can fail shortly after the ping succeeds.
         self.reload_windows.add(sent, time.monotonic() + 0.5)
         log.info("reloaded the master of %s (pid %s)", self.target.pool.name,
                  self.target.master_pid)
