@@ -33,6 +33,7 @@ from opcache_guard.fastcgi import parse_address
 from opcache_guard.health import Status
 from opcache_guard.lab import lab_group
 from opcache_guard.slots import command as slots_command
+from opcache_guard.stress.command import stress_command
 
 UNKNOWN = int(Status.UNKNOWN)
 no_state_option = click.option(
@@ -178,3 +179,4 @@ def exporter(config_path: Path | None, addresses: tuple[str, ...], listen: str,
 main.add_command(lab_group)
 lab_group.add_command(demo_command)
 main.add_command(slots_command.slots)
+main.add_command(stress_command)

@@ -270,6 +270,38 @@ def parse_cgi_output(stdout: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+def encode_request(request_id: int, params: Mapping[str, str], stdin: bytes = b"",
+                   keep_conn: bool = False) -> bytes:
+    """Encode a whole responder request: BEGIN_REQUEST, the PARAMS and STDIN streams."""
+    flags = _KEEP_CONN if keep_conn else 0
+    begin = struct.pack("!HB5x", _ROLE_RESPONDER, flags)
+    return b"".join([
+        encode_record(RecordType.BEGIN_REQUEST, request_id, begin),
+        encode_stream(RecordType.PARAMS, request_id, encode_params(params)),
+        encode_stream(RecordType.STDIN, request_id, stdin),
+    ])
+
+
+def finish_reply(address: Address, end: Record, stdout: bytes, stderr: bytes,
+                 started: float) -> Response:
+    """Build the Response of a request from its END_REQUEST record and its streams.
+
+    Raises:
+        ProtocolError: the END_REQUEST record is short or the server rejected the request.
+    """
+    if len(end.content) < 8:
+        raise ProtocolError("END_REQUEST record shorter than 8 bytes")
+    app_status, protocol_status = struct.unpack_from("!IB", end.content)
+    if protocol_status != ProtocolStatus.REQUEST_COMPLETE:
+        try:
+            name = ProtocolStatus(protocol_status).name
+        except ValueError:
+            name = str(protocol_status)
+        raise ProtocolError(f"{address} rejected the request: {name}")
+    status, headers, body = parse_cgi_output(stdout) if stdout else (500, {}, b"")
+    return Response(status, headers, body, stderr, app_status, time.monotonic() - started)
+
+
 class FastCGIClient:
     """Send responder requests to one FastCGI address.
 
@@ -347,7 +379,7 @@ class FastCGIClient:
         started = time.monotonic()
         request_id = self._next_id
         self._next_id = self._next_id % 0xFFFF + 1
-        message = self._encode_request(request_id, params, stdin)
+        message = encode_request(request_id, params, stdin, self.keep_conn)
         sock = self._sock
         reused = sock is not None
         if sock is None:
@@ -384,14 +416,6 @@ class FastCGIClient:
             self._sock = None
         return response
 
-    def _encode_request(self, request_id: int, params: Mapping[str, str], stdin: bytes) -> bytes:
-        flags = _KEEP_CONN if self.keep_conn else 0
-        begin = struct.pack("!HB5x", _ROLE_RESPONDER, flags)
-        return b"".join([
-            encode_record(RecordType.BEGIN_REQUEST, request_id, begin),
-            encode_stream(RecordType.PARAMS, request_id, encode_params(params)),
-            encode_stream(RecordType.STDIN, request_id, stdin),
-        ])
 
     def _read_reply(self, sock: socket.socket, request_id: int, started: float) -> Response:
         deadline = started + self.read_timeout
@@ -418,25 +442,12 @@ class FastCGIClient:
                 elif record.type == RecordType.STDERR:
                     stderr += record.content
                 elif record.type == RecordType.END_REQUEST:
-                    return self._finish(record, bytes(stdout), bytes(stderr), started)
+                    return finish_reply(self.address, record, bytes(stdout), bytes(stderr), started)
                 else:
                     raise ProtocolError(f"unexpected record type {record.type} in a reply")
                 if len(stdout) + len(stderr) > self.max_response:
                     raise ProtocolError(f"reply from {self.address} exceeds "
                                         f"{self.max_response} bytes")
-
-    def _finish(self, end: Record, stdout: bytes, stderr: bytes, started: float) -> Response:
-        if len(end.content) < 8:
-            raise ProtocolError("END_REQUEST record shorter than 8 bytes")
-        app_status, protocol_status = struct.unpack_from("!IB", end.content)
-        if protocol_status != ProtocolStatus.REQUEST_COMPLETE:
-            try:
-                name = ProtocolStatus(protocol_status).name
-            except ValueError:
-                name = str(protocol_status)
-            raise ProtocolError(f"{self.address} rejected the request: {name}")
-        status, headers, body = parse_cgi_output(stdout) if stdout else (500, {}, b"")
-        return Response(status, headers, body, stderr, app_status, time.monotonic() - started)
 
     def get(self, script_filename: str, script_name: str, query: str = "",
             extra: Mapping[str, str] | None = None) -> Response:

@@ -1,0 +1,1 @@
+"""The reproduction harness: deploy self-validating PHP code under load and detect corruption."""
