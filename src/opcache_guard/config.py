@@ -127,8 +127,9 @@ def _typed(section: str, raw: dict[str, Any], template: Any, source: str) -> dic
         expected = type(getattr(template, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected is Path:
-            value = Path(str(value))
+        if issubclass(expected, Path):
+            # The default's type is PosixPath, so compare against it after converting.
+            value = expected(str(value))
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {section} {key} = {value!r} must be a "
                               f"{expected.__name__}")

@@ -107,6 +107,8 @@ class SafeRestart:
         prefix = "would take" if self.dry_run else "taking"
         log.info("%s a slot of group %s for %s: %s", prefix, self.host.group, self.where,
                  self.reason)
+        if self.on_enter is not None:
+            self.on_enter(State.ACQUIRING)
         return self._loop()
 
     def _refuse_concurrent_run(self) -> None:
