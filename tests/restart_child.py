@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from restart_support import open_host  # noqa: E402
+from restart_support import open_host
 
-from opcache_guard.restart import SafeRestart, State  # noqa: E402
+from opcache_guard.restart import SafeRestart, State
 
 
 def kill_on_entering(target: str) -> None:

@@ -1,17 +1,18 @@
 import pytest
+from restart_support import lb_of, master_pid, open_host, write_host_config
 
 from opcache_guard.errors import RestartError
 from opcache_guard.fpm import local
 from opcache_guard.lb.base import LbState
 from opcache_guard.restart import (
     TRANSITIONS,
+    Journal,
     SafeRestart,
     State,
     check_transition,
     repair,
     unresolved_runs,
 )
-from restart_support import lb_of, master_pid, open_host, write_host_config
 
 
 @pytest.mark.parametrize("current, new", [
@@ -128,8 +129,6 @@ def test_depool_failure_aborts(fpm_master, fpm_dir):
 def test_unfinished_run_blocks_new_restart(fpm_master, fpm_dir):
     spec = fpm_master()
     host, backends = open_host(write_host_config(fpm_dir, spec))
-    backends.store  # the journal lives in it
-    from opcache_guard.restart import Journal
     run = Journal(backends.store).create("app1", "web", "crashed", False)
     Journal(backends.store).record(run, State.DEPOOLING, "test", owner="1:0")
 

@@ -1,8 +1,9 @@
+from conftest import pool_of
+from restart_support import lb_of, master_pid, open_host, write_host_config
+
 from opcache_guard.lb.base import LbState
 from opcache_guard.probe import Prober
 from opcache_guard.restart import Journal, SafeRestart, State, unresolved_runs
-from restart_support import lb_of, master_pid, open_host, write_host_config
-from conftest import pool_of
 
 
 def test_restart_happy_path(fpm_master, fpm_dir, probe_settings):

@@ -1,12 +1,12 @@
 import signal
 
 import pytest
+from conftest import pool_of
+from restart_support import lb_of, master_pid, open_host, run_child, write_host_config
 
 from opcache_guard.lb.base import LbState
 from opcache_guard.probe import Prober
 from opcache_guard.restart import Journal, State, repair, unresolved_runs
-from restart_support import lb_of, master_pid, open_host, run_child, write_host_config
-from conftest import pool_of
 
 KILL_STATES = ["ACQUIRING", "DEPOOLING", "DRAINING", "DISABLING", "RESTARTING", "VERIFYING",
                "POOLING", "RELEASING"]
