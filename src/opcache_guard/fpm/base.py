@@ -4,9 +4,9 @@ A ``FpmControl`` object is bound to one restartable unit of one host: a systemd 
 master known by its pid file, or an operator's command. Every backend guarantees:
 
 - ``identity`` and ``is_running`` only read (they are safe in a dry run) and return within
-  the backend's timeout. ``identity`` names the running master (its pid, for example) so
-  the caller can tell a new master from the old one; it is None when the backend cannot
-  know, or when nothing runs.
+  the backend's timeout. ``identity`` names the running master (its pid, for example), so
+  the caller can tell a new master from the old one. It is None when the backend cannot
+  tell, or when nothing runs.
 - ``restart`` stops the running master, starts a new one and returns once the new master
   runs; it raises ``FpmControlError`` when either step failed. It does not wait for the
   pools to answer: the safe restart verifies that itself.
@@ -141,7 +141,7 @@ def env_setting(section: dict[str, Any]) -> dict[str, str]:
     """Read the ``env`` table of extra environment variables for the started program.
 
     Raises:
-        ConfigError: the table holds a value that is not a string.
+        ConfigError: the table contains a value that is not a string.
     """
     value = section.get("env", {})
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):

@@ -123,8 +123,8 @@ class MasterControl(FpmControl):
 
     def _stop(self, pid: int) -> None:
         log.info("stopping php-fpm master pid %d on %s with QUIT", pid, self.host)
-        # NOTE: workers of a KILLed master can keep the listening socket open for a while,
-        # so the new master may fail to bind; the restart then ends FAILED and is reported.
+        # NOTE: workers of a KILLed master can keep the listening socket open for a while.
+        # The new master may then fail to bind, and the restart ends FAILED.
         for sig, wait in ((signal.SIGQUIT, self.stop_timeout), (signal.SIGTERM, TERM_GRACE),
                           (signal.SIGKILL, TERM_GRACE)):
             if sig != signal.SIGQUIT:

@@ -17,13 +17,12 @@ file also logs every change (``calls``), which tests read to prove what happened
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from opcache_guard import jsonfile
 from opcache_guard.errors import ConfigError, LoadBalancerError
 from opcache_guard.lb.base import LbState, LoadBalancer, register
 
@@ -74,15 +73,8 @@ class MemoryLoadBalancer(LoadBalancer):
                 _PROCESS_STATE.update(_empty())
             yield _PROCESS_STATE
             return
-        self.path.touch(exist_ok=True)
-        with open(self.path, "r+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            text = handle.read()
-            data = json.loads(text) if text.strip() else _empty()
+        with jsonfile.locked(self.path, _empty) as data:
             yield data
-            handle.seek(0)
-            handle.truncate()
-            json.dump(data, handle)
 
     def _entry(self, data: dict[str, Any], call: str) -> dict[str, Any]:
         if call in self.configured_failures or call in data["fail"]:

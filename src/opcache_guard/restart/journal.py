@@ -1,6 +1,6 @@
 """The restart journal: restart runs and their state changes, in the local state store.
 
-``restart_runs`` holds one row per run with its current state and what a repair needs: the
+``restart_runs`` contains one row per run with its current state and what a repair needs: the
 slot token, whether the host was pooled before, and the baseline that proves a new master.
 ``restart_transitions`` logs every state change with its reason. A state change and its log
 row are written in one transaction.

@@ -14,8 +14,8 @@ Decisions kept here:
   who accepts dropped requests reruns with ``--force``.
 - A failure from the restart on (or a failed verification) ends in FAILED: the host is
   depooled and stays out until an operator acts, and it is reported CRITICAL.
-- A dry run logs every step with "would" and takes no slot, writes no journal row, sends no
-  signal and changes no load balancer state; read-only calls still run.
+- A dry run logs every step with "would". It takes no slot, writes no journal row, sends
+  no signal and changes no load balancer state, but read-only calls still run.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ _LEVELS = {State.ABORTING: logging.WARNING, State.ABORTED: logging.WARNING,
 
 @dataclasses.dataclass
 class Outcome:
-    """How a run ended: its id (0 in a dry run), final state and a one-line summary."""
+    """The end of a run: its id (0 in a dry run), final state and a one-line summary."""
 
     run_id: int
     state: State
@@ -214,7 +214,7 @@ class SafeRestart:
                        **fields)
 
     def slot_wait_message(self) -> str:
-        """Describe who holds the group's slots: ``1/1 held by app2 (restart, 12 s)``."""
+        """Describe the group's slot holders: ``1/1 held by app2 (restart, 12 s)``."""
         policy = self.backends.slots.policy(self.host.group)
         holders = self.backends.slots.holders(self.host.group)
         who = ", ".join(f"{h.host} ({h.reason}, {h.age:.0f} s)" for h in holders) or "nobody"
@@ -316,9 +316,9 @@ class SafeRestart:
     def _fail(self) -> None:
         """Keep a FAILED host out of the load balancer and release the slot.
 
-        NOTE: the slot is released because slots held by connection or lease vanish with
-        this process anyway; the host is out of service without a slot until an operator
-        pools it, and ``unresolved_runs`` reports it CRITICAL meanwhile.
+        NOTE: the slot is released, because slots held by a connection or a lease vanish
+        with this process anyway. So the host is out of service without a slot until an
+        operator pools it, and ``unresolved_runs`` reports it CRITICAL meanwhile.
         """
         if self.dry_run:
             return

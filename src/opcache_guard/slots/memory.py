@@ -15,8 +15,6 @@ one ``flock``, and a slot whose holder process is gone is freed by the next take
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import socket
 import time
@@ -24,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opcache_guard import procs
+from opcache_guard import jsonfile, procs
 from opcache_guard.errors import ConfigError, SlotError
 from opcache_guard.slots.base import GroupPolicy, Holder, Slot, SlotBackend, register
 
@@ -75,15 +73,8 @@ class MemorySlots(SlotBackend):
         if self.path is None:
             yield _PROCESS_SLOTS
             return
-        self.path.touch(exist_ok=True)
-        with open(self.path, "r+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            text = handle.read()
-            entries: list[dict[str, Any]] = json.loads(text) if text.strip() else []
+        with jsonfile.locked(self.path, list) as entries:
             yield entries
-            handle.seek(0)
-            handle.truncate()
-            json.dump(entries, handle)
 
     def _try_take(self, group: str, host: str, reason: str) -> MemorySlot | None:
         limit = self.policy(group).max_out()
