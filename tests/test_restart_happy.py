@@ -1,14 +1,12 @@
-from conftest import pool_of
-from restart_support import lb_of, master_pid, open_host, write_host_config
+from restart_support import lb_of, master_pid, open_host, probe_start_time, write_host_config
 
 from opcache_guard.lb.base import LbState
-from opcache_guard.probe import Prober
 from opcache_guard.restart import Journal, SafeRestart, State, unresolved_runs
 
 
 def test_restart_happy_path(fpm_master, fpm_dir, probe_settings):
     spec = fpm_master()
-    before = Prober(probe_settings).probe(pool_of(spec)).opcache.start_time
+    before = probe_start_time(probe_settings, spec)
     old_pid = master_pid(spec)
     host, backends = open_host(write_host_config(fpm_dir, spec))
 
@@ -16,7 +14,7 @@ def test_restart_happy_path(fpm_master, fpm_dir, probe_settings):
 
     assert outcome.state == State.DONE
     assert master_pid(spec) not in (None, old_pid)
-    after = Prober(probe_settings).probe(pool_of(spec)).opcache.start_time
+    after = probe_start_time(probe_settings, spec)
     assert after > before
     assert lb_of(backends).state() == LbState.POOLED
     assert lb_of(backends).calls() == ["depool", "disable", "pool"]

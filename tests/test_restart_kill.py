@@ -2,7 +2,14 @@ import signal
 
 import pytest
 from conftest import pool_of
-from restart_support import lb_of, master_pid, open_host, run_child, write_host_config
+from restart_support import (
+    lb_of,
+    master_pid,
+    open_host,
+    probe_start_time,
+    run_child,
+    write_host_config,
+)
 
 from opcache_guard.lb.base import LbState
 from opcache_guard.probe import Prober
@@ -15,7 +22,7 @@ KILL_STATES = ["ACQUIRING", "DEPOOLING", "DRAINING", "DISABLING", "RESTARTING", 
 @pytest.mark.parametrize("state", KILL_STATES)
 def test_repair_after_kill(state, fpm_master, fpm_dir, probe_settings):
     spec = fpm_master()
-    start_before = Prober(probe_settings).probe(pool_of(spec)).opcache.start_time
+    start_before = probe_start_time(probe_settings, spec)
     config = write_host_config(fpm_dir, spec)
 
     assert run_child(config, state) == -signal.SIGKILL
@@ -33,7 +40,7 @@ def test_repair_after_kill(state, fpm_master, fpm_dir, probe_settings):
     assert master_pid(spec) is not None
     assert Prober(probe_settings).ping(pool_of(spec))
     if state not in ("ACQUIRING",):
-        start_after = Prober(probe_settings).probe(pool_of(spec)).opcache.start_time
+        start_after = probe_start_time(probe_settings, spec)
         assert start_after > start_before
     transitions = Journal(backends.store).transitions(runs[0].id)
     assert any("repair took over" in note for *_, note in transitions) or state == "ACQUIRING"
