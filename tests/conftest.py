@@ -55,6 +55,8 @@ def fpm_master(fpm_dir: Path) -> Iterator[MasterFactory]:
     yield start
     for spec, pid in started:
         local.stop(spec, pid)
+        # A restart test replaces the master, so also stop whichever master the pid file names.
+        local.stop(spec)
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_status_rejects_unknown_backend(tmp_path):
     path.write_text('[slots]\nbackend = "zookeeper"\n[slots.groups.web]\nlimit = 1\n')
     result = CliRunner().invoke(main, ["slots", "status", "-c", str(path)])
     assert result.exit_code == 2
-    assert "use one of: etcd, poolcounter, sqlite" in result.output
+    assert "use one of: etcd, memory, poolcounter, sqlite" in result.output
 
 
 def test_render_marks_partial_holders():

@@ -32,6 +32,7 @@ from opcache_guard.errors import ConfigError, GuardError
 from opcache_guard.fastcgi import parse_address
 from opcache_guard.health import Status
 from opcache_guard.lab import lab_group
+from opcache_guard.restart_command import agent, pool, repair_command, restart
 from opcache_guard.slots import command as slots_command
 from opcache_guard.stress.command import stress_command
 
@@ -180,3 +181,7 @@ main.add_command(lab_group)
 lab_group.add_command(demo_command)
 main.add_command(slots_command.slots)
 main.add_command(stress_command)
+main.add_command(restart)
+main.add_command(repair_command)
+main.add_command(agent)
+main.add_command(pool)

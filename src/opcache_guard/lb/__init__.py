@@ -1,5 +1,5 @@
 """Load balancer backends. Importing this package registers every backend."""
 
-from opcache_guard.lb import command, conftool, haproxy
+from opcache_guard.lb import command, conftool, haproxy, memory
 
-__all__ = ["command", "conftool", "haproxy"]
+__all__ = ["command", "conftool", "haproxy", "memory"]
