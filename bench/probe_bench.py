@@ -6,7 +6,9 @@ noise hits every variant alike:
 - ping: a raw FastCGI request for the ping path (the baseline);
 - status page: the FPM status page (json);
 - probe, installed script: a full probe with a fixed status script;
-- probe, script per call: a full probe writing the status script for each call (the default).
+- probe, script per call: a full probe writing the status script for each call and reading
+  the status page (the default);
+- probe, fpm_get_status(): the same with the FPM state from fpm_get_status() in the script.
 
 Usage: python bench/probe_bench.py [--rounds N]
 """
@@ -51,6 +53,8 @@ def main() -> None:
         installed = spec.docroot / "opcache-status.php"
         installed.write_bytes(status_script_source())
         installed_pool.script_path = str(installed)
+        function_pool = pool_from_address(spec.listen, "bench")
+        function_pool.fpm_status = "function"
         prober = Prober(ProbeSettings(script_dir=directory / "probe"))
 
         def ping() -> None:
@@ -62,6 +66,7 @@ def main() -> None:
             "status page": lambda: prober.status_page(pool),
             "probe, installed script": lambda: prober.probe(installed_pool),
             "probe, script per call": lambda: prober.probe(pool),
+            "probe, fpm_get_status()": lambda: prober.probe(function_pool),
         }
         for function in variants.values():
             for _ in range(20):

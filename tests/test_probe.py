@@ -230,3 +230,14 @@ def test_ping(fpm_master: MasterFactory, probe_settings: ProbeSettings) -> None:
 def test_address_parse_of_spec(fpm_master: MasterFactory) -> None:
     spec = fpm_master()
     assert parse_address(spec.listen).port > 0
+
+
+def test_probe_fpm_state_from_function(fpm_master: MasterFactory,
+                                       probe_settings: ProbeSettings) -> None:
+    spec = fpm_master()
+    pool = pool_of(spec)
+    pool.fpm_status = "function"
+    sample = Prober(probe_settings).probe(pool)
+    assert sample.fpm is not None
+    assert sample.fpm.pool == spec.name
+    assert sample.fpm.total_processes == spec.max_children

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import stat
@@ -31,6 +32,7 @@ from opcache_guard.fastcgi import FastCGIClient, Response
 from opcache_guard.sample import FpmState, Sample, parse_fpm, parse_opcache
 
 SCRIPT_PREFIX = "opcache-guard-"
+log = logging.getLogger(__name__)
 
 
 def status_script_source() -> bytes:
@@ -119,13 +121,19 @@ class Prober:
                 try:
                     reply = client.get(script_filename, script_name, query)
                 except ConnectError as exc:
+                    # A reset means a worker died mid-request (it crashed or was recycled);
+                    # another worker may well answer.
+                    if attempt == 1 and "reset" in str(exc).lower():
+                        log.warning("retrying the probe of %s: %s", self._where(pool), exc)
+                        continue
                     raise ProbeError(f"{self._where(pool)}: unreachable ({exc}); check that "
                                      "php-fpm runs and listens there") from exc
                 except FastCGITimeout as exc:
                     raise ProbeError(self._timeout_message(pool)) from exc
                 if reply.status < 500 or attempt == 2:
                     return reply
-        raise AssertionError("unreachable")
+        raise ProbeError(f"{self._where(pool)}: the connection was reset twice; see the "
+                         "pool's log for crashed workers")
 
     def _timeout_message(self, pool: PoolConfig) -> str:
         waited = f"no reply within {self.settings.read_timeout:g} s"
@@ -165,17 +173,19 @@ class Prober:
             ConfigError: the script directory is unsafe.
         """
         started = time.monotonic()
+        use_function = pool.fpm_status == "function" and not pool.status_listen
         with status_script(pool, self.settings) as script_filename:
-            reply = self._get(pool, script_filename, "/" + os.path.basename(script_filename))
+            reply = self._get(pool, script_filename, "/" + os.path.basename(script_filename),
+                              "fpm=1" if use_function else "")
         data = self._check_script_reply(pool, reply, script_filename)
         try:
             opcache = parse_opcache(data["status"], data.get("configuration") or {})
         except (KeyError, TypeError, ValueError) as exc:
             raise ProbeError(f"{self._where(pool)}: unexpected OPcache status layout "
                              f"(missing {exc}); is this PHP 7.4 or newer?") from exc
-        if pool.status_listen or not isinstance(data.get("fpm"), dict):
-            # On the status_listen address fpm_get_status() describes the hidden status
-            # pool, not the pool we watch, so read the status page instead.
+        if not use_function or not isinstance(data.get("fpm"), dict):
+            # On the status_listen address fpm_get_status() would describe the hidden status
+            # pool, not the pool we watch, so that case reads the status page too.
             fpm: FpmState | None = self.status_page(pool)
         else:
             fpm = parse_fpm(data["fpm"])

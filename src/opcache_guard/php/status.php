@@ -1,6 +1,8 @@
 <?php
 // opcache-guard status script: one JSON document with the OPcache status and configuration
-// and, on PHP 8.1 and newer, the FPM pool state, read in one FastCGI round trip.
+// and, when asked with ?fpm=1 on PHP 8.1 and newer, the FPM pool state from fpm_get_status().
+// That call is off by default because it can crash the worker while other workers update
+// the scoreboard (php-src issue 19974, seen here on PHP 8.2.36).
 header('Content-Type: application/json');
 header('Cache-Control: no-store');
 
@@ -23,7 +25,7 @@ if ($out['opcache_loaded']) {
         $out['status_error'] = $error ? $error['message'] : null;
     }
 }
-if (function_exists('fpm_get_status')) {
+if (!empty($_GET['fpm']) && function_exists('fpm_get_status')) {
     $fpm = fpm_get_status();
     if (is_array($fpm)) {
         unset($fpm['procs']);
