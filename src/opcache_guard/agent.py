@@ -114,10 +114,10 @@ class Agent:
             except ProbeError as exc:
                 verdicts.append(unknown(pool.name, str(exc)))
                 continue
-            verdicts.append(judge(sample, store.previous_sample(pool.name),
+            verdicts.append(judge(sample, store.previous_sample(pool.key),
                                   self.host.base.thresholds))
             if not self.dry_run:
-                store.save_sample(pool.name, sample)
+                store.save_sample(pool.key, sample)
         return verdicts
 
     def run_forever(self, stop: threading.Event, interval: float | None = None) -> None:

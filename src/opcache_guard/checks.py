@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from opcache_guard.config import Config, PoolConfig
 from opcache_guard.errors import GuardError, StateError
-from opcache_guard.health import Verdict, judge, unknown
+from opcache_guard.health import Finding, Status, Verdict, judge, unknown
 from opcache_guard.probe import Prober
+from opcache_guard.restart.journal import unresolved_runs
+from opcache_guard.restart.states import State
 from opcache_guard.sample import Sample
 from opcache_guard.store import StateStore
 
@@ -37,11 +39,6 @@ class PoolResult:
         return self.sample is not None
 
 
-def pool_key(pool: PoolConfig) -> str:
-    """Return the key under which a pool's previous sample is stored."""
-    return f"{pool.name}@{pool.address}"
-
-
 def _check_one(prober: Prober, store: StateStore | None, config: Config,
                pool: PoolConfig) -> PoolResult:
     started = time.monotonic()
@@ -53,7 +50,7 @@ def _check_one(prober: Prober, store: StateStore | None, config: Config,
                           time.monotonic() - started)
     previous = None
     if store is not None:
-        key = pool_key(pool)
+        key = pool.key
         previous = store.previous_sample(key)
         store.save_sample(key, sample)
     verdict = judge(sample, previous, config.thresholds)
@@ -83,3 +80,33 @@ def check_pools(config: Config, remember: bool = True) -> list[PoolResult]:
         futures = [executor.submit(_check_one, prober, store, config, pool)
                    for pool in config.pools]
         return [future.result() for future in futures]
+
+
+def restart_findings(config: Config) -> list[Finding]:
+    """Report restart runs of this host's journal that did not end well.
+
+    A FAILED run left the host out of the load balancer on purpose, and an interrupted run
+    whose process is gone needs ``repair``: both are CRITICAL. A run another live process is
+    working on is a WARNING.
+    """
+    if not config.state_file.exists():
+        return []
+    try:
+        runs = unresolved_runs(StateStore(config.state_file))
+    except StateError as exc:
+        return [Finding(Status.UNKNOWN, "journal", f"cannot read the restart journal: {exc}")]
+    where = f" -c {config.source}" if config.source != "command line" else ""
+    findings = []
+    for run in runs:
+        if run.in_progress:
+            findings.append(Finding(Status.WARNING, "restart_in_progress", run.describe()))
+        elif run.state == State.FAILED:
+            findings.append(Finding(
+                Status.CRITICAL, "restart_failed",
+                f"{run.describe()}; the host stays out of the load balancer: fix it, then run "
+                f"'opcache-guard pool{where}'"))
+        else:
+            findings.append(Finding(
+                Status.CRITICAL, "restart_interrupted",
+                f"{run.describe()}; run 'opcache-guard repair{where}' to complete it"))
+    return findings

@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 from rich.console import Console
 
 from opcache_guard import __version__, output
-from opcache_guard.checks import PoolResult, check_pools
+from opcache_guard.agent import agent_collector
+from opcache_guard.checks import PoolResult, check_pools, restart_findings
 from opcache_guard.cliutil import (
     config_option,
     fail,
@@ -34,6 +35,7 @@ from opcache_guard.health import Status
 from opcache_guard.lab import lab_group
 from opcache_guard.restart_command import agent, pool, repair_command, restart
 from opcache_guard.slots import command as slots_command
+from opcache_guard.store import StateStore
 from opcache_guard.stress.command import stress_command
 
 UNKNOWN = int(Status.UNKNOWN)
@@ -74,9 +76,13 @@ def status(config_path: Path | None, addresses: tuple[str, ...], as_json: bool,
 
     Exits 0 when every pool was read, 3 when a pool could not be read.
     """
-    _, results = _results(config_path, addresses, no_state)
+    config, results = _results(config_path, addresses, no_state)
+    host_findings = restart_findings(config)
     if as_json:
-        click.echo(json.dumps(output.to_json(results), indent=2))
+        document = output.to_json(results)
+        document["restarts"] = [{"status": f.status.name, "code": f.code, "message": f.message}
+                                for f in host_findings]
+        click.echo(json.dumps(document, indent=2))
     else:
         console = Console(width=None if sys.stdout.isatty() else 160)
         console.print(output.status_table(results))
@@ -97,8 +103,8 @@ def check(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) 
 
     The worst pool decides; CRITICAL outranks UNKNOWN, which outranks WARNING.
     """
-    _, results = _results(config_path, addresses, no_state)
-    code, text = output.nagios(results)
+    config, results = _results(config_path, addresses, no_state)
+    code, text = output.nagios(results, restart_findings(config))
     click.echo(text)
     sys.exit(code)
 
@@ -115,9 +121,17 @@ def metrics(config_path: Path | None, addresses: tuple[str, ...], no_state: bool
     status stays 0 because the metrics themselves carry the failure.
     """
     started = time.monotonic()
-    _, results = _results(config_path, addresses, no_state)
-    sys.stdout.buffer.write(output.prometheus_text(results, time.monotonic() - started))
+    config, results = _results(config_path, addresses, no_state)
+    sys.stdout.buffer.write(output.prometheus_text(results, time.monotonic() - started,
+                                                   _agent_collectors(config)))
     _report_failures(results)
+
+
+def _agent_collectors(config: Config) -> list[Collector]:
+    """Return the collector of the agent's state when this host's state file has one."""
+    if not config.state_file.exists():
+        return []
+    return [agent_collector(StateStore(config.state_file))]
 
 
 class _ScrapeCollector(Collector):
@@ -136,7 +150,8 @@ class _ScrapeCollector(Collector):
             except GuardError as exc:
                 click.echo(f"opcache-guard: error: {exc}", err=True)
                 results = []
-            collectors: list[Collector] = [output.PoolCollector(results)]
+            collectors: list[Collector] = [output.PoolCollector(results),
+                                           *_agent_collectors(self.config)]
             for collector in collectors:
                 yield from collector.collect()
             yield from output.scrape_duration(time.monotonic() - started)

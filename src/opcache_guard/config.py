@@ -57,6 +57,11 @@ class PoolConfig:
     # the status script, one round trip fewer but exposed to a worker crash in PHP 8.1-8.4.
     fpm_status: str = "page"
 
+    @property
+    def key(self) -> str:
+        """The key of this pool's previous sample in the state store."""
+        return f"{self.name}@{self.address}"
+
 
 @dataclasses.dataclass
 class ProbeSettings:

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 from rich.table import Table
 
 from opcache_guard.checks import PoolResult
-from opcache_guard.health import MB, Status, worst
+from opcache_guard.health import MB, Finding, Status, worst
 
 JSON_FORMAT_VERSION = 1
 _STYLE = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "bold red",
@@ -96,16 +96,20 @@ def _perfdata_label(pool: str, metric: str) -> str:
     return f"'{clean}_{metric}'"
 
 
-def nagios(results: Sequence[PoolResult]) -> tuple[int, str]:
+def nagios(results: Sequence[PoolResult],
+           host_findings: Sequence[Finding] = ()) -> tuple[int, str]:
     """Return the plugin exit status and output: a status line with performance data.
 
-    The worst pool decides the status; the first line names every pool that is not OK.
-    Further lines list every finding, as Nagios and Icinga show long output.
+    The worst pool or host finding (such as a failed restart) decides the status; the first
+    line names each of them that is not OK. Further lines list every finding, as Nagios and
+    Icinga show long output.
     """
-    status = overall(results)
+    status = worst([overall(results), *[finding.status for finding in host_findings]])
     bad = [r for r in results if r.verdict.status != Status.OK]
-    if bad:
-        summary = "; ".join(f"{r.pool.name}: {r.verdict.summary}" for r in bad)
+    parts = [finding.message for finding in host_findings]
+    parts += [f"{r.pool.name}: {r.verdict.summary}" for r in bad]
+    if parts:
+        summary = "; ".join(parts)
     else:
         summary = f"{len(results)} pool{'s' if len(results) != 1 else ''} healthy"
     perf = []

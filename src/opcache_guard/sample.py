@@ -96,6 +96,11 @@ class Sample:
     opcache: OpcacheState
     fpm: FpmState | None
 
+    @property
+    def key(self) -> str:
+        """The key of this pool's previous sample in the state store, as PoolConfig.key."""
+        return f"{self.pool}@{self.address}"
+
     def to_dict(self) -> dict[str, Any]:
         """Return the stable JSON form, with derived percentages added."""
         data = dataclasses.asdict(self)

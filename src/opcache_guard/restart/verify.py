@@ -181,6 +181,6 @@ def verify(prober: Prober, pools: list[PoolConfig], baseline: dict[str, Any], fp
         time.sleep(0.1)
     if store is not None:
         for sample in samples:
-            store.save_sample(sample.pool, sample)
+            store.save_sample(sample.key, sample)
     starts = ", ".join(f"{s.pool} OPcache started {s.opcache.start_time}" for s in samples)
     return f"healthy in {time.monotonic() - started:.1f} s ({starts})"
