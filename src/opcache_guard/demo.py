@@ -1,15 +1,18 @@
-"""The demo behind the README's first command: watch a lab pool's OPcache fill up.
+"""The demo behind the README's first command: watch OPcache fill up, then guard the fleet.
 
-It starts a lab, shows healthy pools, deploys generated code into one pool and rewrites it
-until OPcache fills and waste grows, runs the real ``check`` command at each change of
-verdict (OK, then WARNING, then CRITICAL with a restart due), keeps rewriting until OPcache
-restarts itself and ``check`` reports that, and stops the lab.
+Act one starts a lab of three masters behind HAProxy, shows healthy pools, deploys generated
+code into app1 and rewrites it until OPcache fills and waste grows, running the real
+``check`` command at each change of verdict (OK, then WARNING, then CRITICAL with a restart
+due), and keeps rewriting until OPcache restarts itself and ``check`` reports that.
+
+Act two runs wrk load through HAProxy, fills app2 and app3 until a restart is due, and
+starts one agent per host. The agents restart every host that needs it, one at a time (the
+lab's slot limit is 1), while the load runs. The demo ends with a summary of restarts done,
+requests served and requests failed, and stops the lab.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -22,20 +25,9 @@ from opcache_guard.fpm import local
 from opcache_guard.health import Status
 from opcache_guard.lab import LabRecord, default_lab_dir, lab_down, lab_up
 from opcache_guard.labfill import Filler
+from opcache_guard.labguard import guard_fleet, run_cli
 
 MAX_STEPS = 400
-
-
-def _run_cli(*args: str) -> int:
-    """Run a real opcache-guard command, echoing it and its output; return its exit status."""
-    argv = [sys.executable, "-m", "opcache_guard", *args]
-    click.secho(f"\n$ opcache-guard {' '.join(args)}", bold=True)
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    click.echo(result.stdout.rstrip())
-    if result.stderr.strip():
-        click.echo(result.stderr.rstrip(), err=True)
-    click.secho(f"(exit status {result.returncode})", dim=True)
-    return result.returncode
 
 
 def run_demo(directory: Path, pools: int) -> dict[str, int]:
@@ -47,7 +39,9 @@ def run_demo(directory: Path, pools: int) -> dict[str, int]:
     opcache = local.OpcacheSettings(memory_consumption=8, max_wasted_percentage=5)
     record = lab_up(directory, pools, opcache)
     try:
-        return _stages(record)
+        stages = _stages(record)
+        stages.update(guard_fleet(record))
+        return stages
     finally:
         for line in lab_down(directory):
             click.echo(f"stopped {line}")
@@ -57,8 +51,8 @@ def _stages(record: LabRecord) -> dict[str, int]:
     config_path = str(record.config_path)
     config = load_config(record.config_path)
     target = record.masters[0]
-    stages = {"fresh": _run_cli("status", "-c", config_path)}
-    stages["fresh_check"] = _run_cli("check", "-c", config_path)
+    stages = {"fresh": run_cli("status", "-c", config_path)}
+    stages["fresh_check"] = run_cli("check", "-c", config_path)
     click.secho(f"\nDeploying generated code into {target.name} and rewriting it in place, "
                 "as an rsync deploy does...", fg="cyan")
     filler = Filler(Path(target.directory) / "docroot", target.listen)
@@ -80,12 +74,12 @@ def _stages(record: LabRecord) -> dict[str, int]:
         if restarts > restarts_before:
             click.secho(f"\nOPcache of {target.name} restarted itself after {step + 1} deploy "
                         "steps.", fg="red")
-            stages["self_restart"] = _run_cli("check", "-c", config_path)
+            stages["self_restart"] = run_cli("check", "-c", config_path)
             break
         new = {(f.status, f.code) for f in result.verdict.findings} - seen
         if new:
             seen |= new
-            stages.setdefault(status.name.lower(), _run_cli("check", "-c", config_path))
+            stages.setdefault(status.name.lower(), run_cli("check", "-c", config_path))
             if result.verdict.restart_due and "restart_due" not in stages:
                 stages["restart_due"] = int(status)
                 click.secho("\nA guarded fleet would restart this master now. The demo keeps "
@@ -93,21 +87,23 @@ def _stages(record: LabRecord) -> dict[str, int]:
     else:
         raise LabError(f"OPcache of {target.name} did not restart itself within {MAX_STEPS} "
                        "steps")
-    _run_cli("status", "-c", config_path)
+    run_cli("status", "-c", config_path)
     return stages
 
 
 @click.command("demo")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
               help="Lab directory for the demo (default: the lab directory).")
-@click.option("--pools", default=2, show_default=True, help="Masters to start.")
+@click.option("--pools", default=3, show_default=True, type=click.IntRange(2, 8),
+              help="Masters to start.")
 @guarded()
 def demo_command(directory: Path | None, pools: int) -> None:
     """Start a lab, fill one pool's OPcache until it restarts itself, and stop the lab."""
     stages = run_demo(directory or default_lab_dir(), pools)
-    click.secho("\nSummary of check exit statuses: "
-                + ", ".join(f"{name} {code}" for name, code in stages.items()), bold=True)
-    expected = {"fresh_check": 0, "critical": 2, "self_restart": 2}
+    click.secho("\nSummary: " + ", ".join(f"{name} {code}" for name, code in stages.items()),
+                bold=True)
+    expected = {"fresh_check": 0, "critical": 2, "self_restart": 2, "requests_failed": 0,
+                "guarded_check": 0}
     wrong = {name: stages.get(name) for name, code in expected.items() if stages.get(name) != code}
     if wrong:
         raise LabError(f"the demo did not see the expected verdicts: {wrong}")
