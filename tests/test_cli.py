@@ -157,7 +157,8 @@ def test_exporter_serves_metrics(lab: LabRecord, fpm_dir: Path) -> None:
             body = reply.read().decode()
     finally:
         procs.stop(process.pid, "exporter")
-    assert 'opcache_guard_up{pool="app1"} 1.0' in body
+    log = (fpm_dir / "exporter.log").read_text()
+    assert 'opcache_guard_up{pool="app1"} 1.0' in body, log
     assert "opcache_memory_free_bytes" in body
 
 
@@ -183,4 +184,5 @@ def test_lab_up_twice_and_down(lab: LabRecord) -> None:
 def test_lab_up_rejects_tiny_cache(fpm_dir: Path) -> None:
     result = run("lab", "up", "--dir", str(fpm_dir / "tiny"), "--memory", "4")
     assert result.returncode == 2
-    assert "minimum of 8 MB" in result.stderr
+    assert "--memory" in result.stderr
+    assert "8<=x<=1024" in result.stderr

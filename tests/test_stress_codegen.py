@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,16 +39,20 @@ def tree(root: Path) -> dict[str, bytes]:
 
 @settings(max_examples=5, deadline=None)
 @given(seed=st.integers(min_value=0, max_value=2**31))
-def test_same_seed_same_tree(seed: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_same_seed_same_tree(seed: int) -> None:
     plan = DeployPlan(files=12, data_size=(10, 400))
     trees = []
     for _ in range(2):
-        root = tmp_path_factory.mktemp("tree") / "stress"
+        # Deploy directories must be enterable by everyone, which pytest's tmp_path is not.
+        parent = Path(tempfile.mkdtemp(prefix="opcache-guard-tree-"))
+        os.chmod(parent, 0o755)
+        root = parent / "stress"
         deployer = Deployer(root, seed, plan, fault="wrong-hash", mtime_base=1_000_000)
         deployer.setup()
         for _ in range(12):
             deployer.deploy()
         trees.append(tree(root))
+        shutil.rmtree(parent)
     assert trees[0] == trees[1]
     assert any(name.startswith("live/") for name in trees[0])
 
@@ -92,9 +99,9 @@ def test_unknown_fault_rejected() -> None:
         generate_file(1, 1, "f.php", fault="nonsense")
 
 
-def test_removed_files_outlive_their_manifests(tmp_path: Path) -> None:
+def test_removed_files_outlive_their_manifests(fpm_dir: Path) -> None:
     plan = DeployPlan(files=20, rewrite=0.2, add=0.2, remove=0.2, keep_rounds=3)
-    deployer = Deployer(tmp_path / "stress", 5, plan, mtime_base=1_000_000)
+    deployer = Deployer(fpm_dir / "stress", 5, plan, mtime_base=1_000_000)
     deployer.setup()
     deployer.deploy()
     removed_in = {}
@@ -112,9 +119,9 @@ def test_removed_files_outlive_their_manifests(tmp_path: Path) -> None:
     assert not deployer.manifest_path(0).exists()
 
 
-def test_rewrite_sets_new_mtime(tmp_path: Path) -> None:
+def test_rewrite_sets_new_mtime(fpm_dir: Path) -> None:
     plan = DeployPlan(files=4, rewrite=1.0, add=0.0, remove=0.0)
-    deployer = Deployer(tmp_path / "stress", 5, plan, mtime_base=1_000_000)
+    deployer = Deployer(fpm_dir / "stress", 5, plan, mtime_base=1_000_000)
     deployer.setup()
     deployer.deploy()
     path = deployer.live_dir / "f000001.php"

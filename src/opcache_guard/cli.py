@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -50,6 +51,13 @@ no_state_option = click.option(
 def main(verbose: int) -> None:
     """Watch PHP-FPM OPcache and restart servers before OPcache restarts itself."""
     setup_logging(verbose)
+    # Turn SIGTERM (from Nagios, timeout or systemd) into an exception, so cleanup such as
+    # removing the probe's status script still runs.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _results(config_path: Path | None, addresses: tuple[str, ...],

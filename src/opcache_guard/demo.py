@@ -23,7 +23,7 @@ from opcache_guard.config import load_config
 from opcache_guard.errors import LabError
 from opcache_guard.fpm import local
 from opcache_guard.health import Status
-from opcache_guard.lab import LabRecord, default_lab_dir, lab_down, lab_up
+from opcache_guard.lab import LabRecord, lab_directory, lab_down, lab_up
 from opcache_guard.labfill import Filler
 from opcache_guard.labguard import guard_fleet, run_cli
 
@@ -99,7 +99,7 @@ def _stages(record: LabRecord) -> dict[str, int]:
 @guarded()
 def demo_command(directory: Path | None, pools: int) -> None:
     """Start a lab, fill one pool's OPcache until it restarts itself, and stop the lab."""
-    stages = run_demo(directory or default_lab_dir(), pools)
+    stages = run_demo(lab_directory(directory), pools)
     click.secho("\nSummary: " + ", ".join(f"{name} {code}" for name, code in stages.items()),
                 bold=True)
     expected = {"fresh_check": 0, "critical": 2, "self_restart": 2, "requests_failed": 0,

@@ -276,6 +276,7 @@ def judge(sample: Sample, previous: Sample | None, limits: Thresholds) -> Verdic
         *_keys(sample, limits),
         *_interned(sample, limits),
         *_listen_queue(sample, limits),
+        *[Finding(Status.WARNING, "probe", note) for note in sample.notes],
     ]
     status = worst([finding.status for finding in findings])
     restart_due = any(finding.status == Status.CRITICAL and finding.code in _RESTART_CODES

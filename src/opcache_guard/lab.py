@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
-from opcache_guard import procs
+from opcache_guard import phpfiles, procs
 from opcache_guard.cliutil import guarded
 from opcache_guard.config import default_state_root
 from opcache_guard.errors import GuardError, LabError
@@ -45,6 +46,20 @@ APP_FILES = {
 def default_lab_dir() -> Path:
     """Return the default lab directory, under the state root."""
     return default_state_root() / "lab"
+
+
+def lab_directory(given: Path | None) -> Path:
+    """Return the lab directory to use: the given one made absolute, or the default.
+
+    Raises:
+        LabError: the path has characters that php-fpm or HAProxy configuration cannot hold.
+    """
+    directory = given.absolute() if given else default_lab_dir()
+    if not re.fullmatch(r"[A-Za-z0-9._/-]+", str(directory)):
+        raise LabError(f"lab directory {str(directory)!r} has characters other than letters, "
+                       "digits and . _ - /; php-fpm and HAProxy configuration cannot hold "
+                       "them. Choose another --dir")
+    return directory
 
 
 @dataclasses.dataclass
@@ -107,21 +122,6 @@ class LabRecord:
         return cls(directory=data["directory"], masters=masters, extra=data.get("extra", {}))
 
 
-def _prepare_directory(directory: Path) -> None:
-    """Create the lab directory so php-fpm workers (nobody, when run as root) can read it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)
-    if os.geteuid() == 0:
-        parent = directory.resolve().parent
-        while parent != parent.parent:
-            if not parent.stat().st_mode & 0o001:
-                raise LabError(f"lab directory {directory} is below {parent}, which other users "
-                               "cannot enter, so php-fpm workers running as nobody cannot read "
-                               "the docroot; choose --dir elsewhere, for example "
-                               "/var/lib/opcache-guard/lab")
-            parent = parent.parent
-
-
 def render_config(record: LabRecord, state_file: Path) -> str:
     """Render lab.toml: the pools, a state file and probe directory inside the lab."""
     document: dict[str, Any] = {
@@ -140,12 +140,10 @@ def render_config(record: LabRecord, state_file: Path) -> str:
 
 def _write_app(directory: Path) -> Path:
     """Write the lab application that HAProxy serves from every master."""
-    from opcache_guard.labfill import write_php
-
     app = directory / APP_DIR
     app.mkdir(mode=0o755, exist_ok=True)
     for name, source in APP_FILES.items():
-        write_php(app / name, source, os.path.getmtime(directory) - 60)
+        phpfiles.write_php(app / name, source, os.path.getmtime(directory) - 60)
     return app
 
 
@@ -171,12 +169,15 @@ def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
     """
     if not 1 <= pools <= MAX_POOLS:
         raise LabError(f"--pools {pools} is outside 1-{MAX_POOLS}")
+    if not 1 <= max_children <= 64:
+        raise LabError(f"--children {max_children} is outside 1-64")
     existing = LabRecord.load(directory)
-    if existing and any(procs.is_alive(m.pid) for m in existing.masters):
-        raise LabError(f"a lab already runs in {directory}; run 'opcache-guard lab down' first")
+    if existing and running_parts(existing):
+        raise LabError(f"a lab already runs in {directory} ({', '.join(running_parts(existing))}); "
+                       f"run 'opcache-guard lab down --dir {directory}' first")
     opcache.validate()
     local.MasterSpec("check", directory, "127.0.0.1:1").command()
-    _prepare_directory(directory)
+    phpfiles.prepare_directory(directory, "lab directory", LabError)
     record = LabRecord(directory=str(directory), masters=[])
     try:
         for index in range(1, pools + 1):
@@ -210,6 +211,22 @@ def lab_up(directory: Path, pools: int, opcache: local.OpcacheSettings,
     return record
 
 
+def running_parts(record: LabRecord) -> list[str]:
+    """Name the processes of a lab record that still run."""
+    parts = []
+    for master in record.masters:
+        pid = procs.read_pid(master.spec().pid_file) or master.pid
+        if procs.is_alive(pid) or procs.group_members(pid, "php-fpm"):
+            parts.append(f"php-fpm {master.name}")
+    haproxy = record.haproxy()
+    if haproxy is not None and procs.is_alive(haproxy.pid):
+        parts.append("HAProxy")
+    slot_server = record.extra.get("slots", {})
+    if slot_server.get("pid") and procs.is_alive(slot_server["pid"]):
+        parts.append(slot_server["section"]["backend"])
+    return parts
+
+
 def lab_down(directory: Path) -> list[str]:
     """Stop every process the lab record names; return what was stopped."""
     record = LabRecord.load(directory)
@@ -229,6 +246,11 @@ def lab_down(directory: Path) -> list[str]:
         pid = procs.read_pid(spec.pid_file) or master.pid
         if local.stop(spec, pid):
             stopped.append(f"php-fpm master {master.name} (pid {pid})")
+        # Masters run in their own session, so the group id is the master's pid. Workers of
+        # a master that died keep serving until they are stopped too.
+        for group in {pid, master.pid}:
+            for worker in procs.stop_group(group, "php-fpm"):
+                stopped.append(f"php-fpm worker of {master.name} (pid {worker})")
     (directory / RECORD).unlink(missing_ok=True)
     return stopped
 
@@ -236,7 +258,8 @@ def lab_down(directory: Path) -> list[str]:
 dir_option = click.option(
     "--dir", "directory", type=click.Path(path_type=Path), default=None,
     help="Lab directory (default: /var/lib/opcache-guard/lab as root, "
-         "~/.local/state/opcache-guard/lab otherwise).")
+         "~/.local/state/opcache-guard/lab otherwise). Only letters, digits and . _ - / "
+         "are accepted, because the path goes into php-fpm and HAProxy configuration.")
 
 
 @click.group("lab")
@@ -246,13 +269,16 @@ def lab_group() -> None:
 
 @lab_group.command("up")
 @dir_option
-@click.option("--pools", default=2, show_default=True, help="Masters (simulated hosts) to start.")
-@click.option("--memory", default=8, show_default=True, help="opcache.memory_consumption in MB.")
-@click.option("--max-files", default=2000, show_default=True,
+@click.option("--pools", default=2, show_default=True, type=click.IntRange(1, MAX_POOLS),
+              help="Masters (simulated hosts) to start.")
+@click.option("--memory", default=8, show_default=True, type=click.IntRange(8, 1024),
+              help="opcache.memory_consumption in MB.")
+@click.option("--max-files", default=2000, show_default=True, type=click.IntRange(200, 100000),
               help="opcache.max_accelerated_files.")
-@click.option("--max-wasted", default=5, show_default=True,
+@click.option("--max-wasted", default=5, show_default=True, type=click.IntRange(1, 50),
               help="opcache.max_wasted_percentage.")
-@click.option("--children", default=4, show_default=True, help="pm.max_children of each pool.")
+@click.option("--children", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="pm.max_children of each pool.")
 @click.option("--haproxy/--no-haproxy", default=True, show_default=True,
               help="Put HAProxy in front of the pools.")
 @click.option("--slots", "slots", type=click.Choice(SLOT_BACKENDS), default="sqlite",
@@ -264,7 +290,7 @@ def lab_group() -> None:
 def up_command(directory: Path | None, pools: int, memory: int, max_files: int,
                max_wasted: int, children: int, haproxy: bool, slots: str, limit: int) -> None:
     """Start the lab and write lab.toml for the other commands."""
-    directory = directory or default_lab_dir()
+    directory = lab_directory(directory)
     opcache = local.OpcacheSettings(memory_consumption=memory, max_accelerated_files=max_files,
                                     max_wasted_percentage=max_wasted)
     record = lab_up(directory, pools, opcache, children, haproxy, slots, limit)
@@ -288,10 +314,12 @@ def up_command(directory: Path | None, pools: int, memory: int, max_files: int,
 @guarded()
 def status_command(directory: Path | None) -> None:
     """Show what the lab runs."""
-    directory = directory or default_lab_dir()
+    directory = lab_directory(directory)
     record = LabRecord.load(directory)
     if record is None:
-        raise LabError(f"no lab in {directory}; start one with 'opcache-guard lab up'")
+        raise LabError(f"no lab in {directory}; start one with "
+                       f"'opcache-guard lab up --dir {directory}'")
+    down = []
     table = Table(title=f"lab in {directory}", title_justify="left")
     for heading in ("master", "pid", "running", "ping", "listen", "status_listen"):
         table.add_column(heading)
@@ -299,31 +327,38 @@ def status_command(directory: Path | None) -> None:
         pid = procs.read_pid(master.spec().pid_file) or master.pid
         running = procs.is_alive(pid)
         answered = running and local.ping(master.listen)
+        if not answered:
+            down.append(master.name)
         table.add_row(master.name, str(pid), "yes" if running else "no",
                       "pong" if answered else "-", master.listen, master.status_listen)
     Console().print(table)
     haproxy = record.haproxy()
-    if haproxy is not None:
-        _print_haproxy(haproxy)
+    if haproxy is not None and not _print_haproxy(haproxy):
+        down.append("HAProxy")
     click.echo(f"configuration: {record.config_path}")
+    if down:
+        raise LabError(f"part of the lab is down: {', '.join(down)}; run 'opcache-guard lab "
+                       f"down --dir {directory}' and start it again")
 
 
-def _print_haproxy(haproxy: HaproxyServer) -> None:
+def _print_haproxy(haproxy: HaproxyServer) -> bool:
+    """Print HAProxy's servers; return whether HAProxy runs and answers."""
     running = procs.is_alive(haproxy.pid)
     click.echo(f"HAProxy pid {haproxy.pid} ({'running' if running else 'not running'}) on "
                f"{haproxy.url}")
     if not running:
-        return
+        return False
     try:
         rows = haproxy.api().show_stat(haproxy.backend)
     except GuardError as exc:
         click.echo(f"  cannot read HAProxy state: {exc}")
-        return
+        return False
     for row in rows:
         if row.get("svname") in ("FRONTEND", "BACKEND"):
             continue
         click.echo(f"  server {row.get('svname')}: {row.get('status')}, "
                    f"{row.get('scur')} in flight, {row.get('stot')} served")
+    return True
 
 
 @lab_group.command("down")
@@ -331,7 +366,7 @@ def _print_haproxy(haproxy: HaproxyServer) -> None:
 @guarded()
 def down_command(directory: Path | None) -> None:
     """Stop only the processes the lab started."""
-    directory = directory or default_lab_dir()
+    directory = lab_directory(directory)
     stopped = lab_down(directory)
     if not stopped:
         click.echo(f"nothing to stop in {directory}")

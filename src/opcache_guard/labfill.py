@@ -11,26 +11,15 @@ are set in the past on purpose: OPcache does not cache a file modified within
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from pathlib import Path
 
 from opcache_guard.errors import FastCGIError, LabError
 from opcache_guard.fastcgi import FastCGIClient
+from opcache_guard.phpfiles import write_php
 
 FILL_DIR = "fill"
 STATEMENTS_PER_FILE = 1000
-
-
-def write_php(path: Path, source: str, mtime: float) -> None:
-    """Write a file PHP will execute: O_EXCL under a random name, then an atomic rename."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(source)
-    os.utime(temporary, (mtime, mtime))
-    os.replace(temporary, path)
 
 
 def render(index: int, version: int) -> str:

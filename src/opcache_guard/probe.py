@@ -19,19 +19,21 @@ import json
 import logging
 import os
 import secrets
-import stat
 import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from opcache_guard import phpfiles
 from opcache_guard.config import PoolConfig, ProbeSettings
 from opcache_guard.errors import ConfigError, ConnectError, FastCGITimeout, ProbeError
 from opcache_guard.fastcgi import FastCGIClient, Response
 from opcache_guard.sample import FpmState, Sample, parse_fpm, parse_opcache
 
 SCRIPT_PREFIX = "opcache-guard-"
+# A status script older than this belongs to a probe that was killed before its cleanup.
+STALE_SCRIPT_SECONDS = 600
 log = logging.getLogger(__name__)
 
 
@@ -43,27 +45,17 @@ def status_script_source() -> bytes:
 def prepare_script_dir(directory: Path) -> None:
     """Create the private script directory, or check that an existing one is private.
 
+    Stale scripts left by a probe that was killed are removed, so none stays callable.
+
     Raises:
-        ConfigError: the directory is not ours or others can write to it.
+        ConfigError: the directory or a parent is not trusted, or workers cannot read it.
     """
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-        info = directory.lstat()
-    except OSError as exc:
-        raise ConfigError(f"cannot create the probe script directory {directory}: "
-                          f"{exc.strerror}; set [probe] script_dir to a directory you own") from exc
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"probe script directory {directory} is not a directory (or is a "
-                          "symbolic link); set [probe] script_dir to a real directory")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(f"probe script directory {directory} belongs to uid {info.st_uid}, "
-                          f"not to us (uid {os.geteuid()}); PHP would run files others placed "
-                          "there. Use a directory you own")
-    if info.st_mode & 0o022:
-        raise ConfigError(f"probe script directory {directory} is writable by others "
-                          f"(mode {stat.S_IMODE(info.st_mode):o}); run chmod 755 on it")
-    if not info.st_mode & 0o005:
-        os.chmod(directory, 0o755)
+    phpfiles.prepare_directory(directory, "probe script directory")
+    cutoff = time.time() - STALE_SCRIPT_SECONDS
+    for stale in directory.glob(f"{SCRIPT_PREFIX}*.php"):
+        with contextlib.suppress(OSError):
+            if stale.lstat().st_mtime < cutoff:
+                stale.unlink()
 
 
 @contextlib.contextmanager
@@ -189,9 +181,15 @@ class Prober:
             fpm: FpmState | None = self.status_page(pool)
         else:
             fpm = parse_fpm(data["fpm"])
+        notes = []
+        if not pool.script_path and opcache.file_update_protection == 0:
+            notes.append("opcache.file_update_protection is 0, so every probe caches its "
+                         "status script and fills the cache a little; install the status "
+                         "script and set script_path, or set file_update_protection to 2")
         return Sample(pool=pool.name, address=str(pool.address), time=float(data["time"]),
                       duration=time.monotonic() - started,
-                      php_version=str(data.get("php_version", "")), opcache=opcache, fpm=fpm)
+                      php_version=str(data.get("php_version", "")), opcache=opcache, fpm=fpm,
+                      notes=notes)
 
     def _check_script_reply(self, pool: PoolConfig, reply: Response,
                             script_filename: str) -> dict[str, Any]:

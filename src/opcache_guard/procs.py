@@ -123,6 +123,33 @@ def stop(pid: int, marker: str, graceful: signal.Signals = signal.SIGTERM,
     return True
 
 
+def group_members(pgid: int, marker: str) -> list[int]:
+    """Return the live processes of a process group whose command line contains marker."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and owns(int(entry.name), marker):
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(pgid: int, marker: str, timeout: float = 5.0) -> list[int]:
+    """Stop what is left of a process group we started, such as workers of a dead master.
+
+    Only members whose command line contains marker are signalled. Returns their pids.
+    """
+    members = group_members(pgid, marker)
+    for pid in members:
+        stop(pid, marker, timeout=timeout)
+    return members
+
+
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)

@@ -43,6 +43,7 @@ class OpcacheState:
     manual_restarts: int
     validate_timestamps: bool
     revalidate_freq: int
+    file_update_protection: int = 2
 
     @property
     def free_percentage(self) -> float:
@@ -95,6 +96,7 @@ class Sample:
     php_version: str
     opcache: OpcacheState
     fpm: FpmState | None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -118,7 +120,7 @@ class Sample:
         fpm = FpmState(**data["fpm"]) if data.get("fpm") else None
         return cls(pool=data["pool"], address=data["address"], time=data["time"],
                    duration=data["duration"], php_version=data["php_version"],
-                   opcache=opcache, fpm=fpm)
+                   opcache=opcache, fpm=fpm, notes=list(data.get("notes", [])))
 
 
 def _number(mapping: dict[str, Any], key: str, default: float = 0) -> Any:
@@ -172,6 +174,7 @@ def parse_opcache(status: dict[str, Any], configuration: dict[str, Any]) -> Opca
         manual_restarts=int(stats["manual_restarts"]),
         validate_timestamps=bool(_number(directives, "opcache.validate_timestamps", True)),
         revalidate_freq=int(_number(directives, "opcache.revalidate_freq", 2)),
+        file_update_protection=int(_number(directives, "opcache.file_update_protection", 2)),
     )
 
 

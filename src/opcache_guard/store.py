@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
@@ -35,19 +36,43 @@ class StateStore:
         self._ensure()
 
     def _ensure(self) -> None:
+        directory = self.path.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not directory.exists():
+                # Mode 0755: the probe's script directory usually sits beside the state file,
+                # and php-fpm workers running as another user must be able to enter it. The
+                # state file itself is created mode 0600.
+                directory.mkdir(parents=True, mode=0o755)
+                os.chmod(directory, 0o755)
+            self._create_file()
         except OSError as exc:
-            raise StateError(f"cannot create the state directory {self.path.parent}: "
-                             f"{exc.strerror}; set state_file to a writable path") from exc
-        with self.connect() as conn:
-            conn.executescript(_SCHEMA)
+            raise StateError(f"cannot create the state file {self.path}: {exc.strerror}; set "
+                             "state_file to a writable path") from exc
+        try:
+            with self.connect() as conn:
+                conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot use the state file {self.path}: {exc}; set state_file "
+                             "to a writable path, or move the damaged file away") from exc
+
+    def _create_file(self) -> None:
+        """Create the state file mode 0600, or check that the existing one is a plain file."""
+        try:
+            info = self.path.lstat()
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            return
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+            raise StateError(f"state file {self.path} is {kind}; set state_file to the path "
+                             "of a regular file (it is created if missing)")
 
     def connect(self) -> sqlite3.Connection:
         """Open a connection in WAL mode with the store's busy timeout.
 
         Raises:
-            StateError: the file cannot be opened.
+            StateError: the file cannot be opened or is not a SQLite database.
         """
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
@@ -55,9 +80,7 @@ class StateStore:
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the state file {self.path}: {exc}; set state_file "
-                             "to a writable path") from exc
-        if self.path.exists():
-            os.chmod(self.path, 0o600)
+                             "to a writable path, or move the damaged file away") from exc
         return conn
 
     def previous_sample(self, pool_key: str) -> Sample | None:

@@ -20,13 +20,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import secrets
-import stat
 import string
 from pathlib import Path
 
+from opcache_guard import phpfiles
 from opcache_guard.errors import StressError
 
 FAULTS = ("wrong-hash", "wrong-class")
@@ -230,46 +228,20 @@ def prepare_private_dir(directory: Path) -> None:
     """Create a directory that only we can write and php-fpm workers can read.
 
     Raises:
-        StressError: the directory is a symbolic link, belongs to someone else, or others
-            can write to it, so PHP could run files that someone else placed there.
+        StressError: the directory or a parent is a symbolic link, belongs to someone else,
+            or others can write to it, so PHP could run files that someone else placed there.
     """
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-        info = directory.lstat()
-    except OSError as exc:
-        raise StressError(f"cannot create the stress directory {directory}: {exc.strerror}; "
-                          "choose a directory you own") from exc
-    if not stat.S_ISDIR(info.st_mode):
-        raise StressError(f"stress directory {directory} is not a directory (or is a symbolic "
-                          "link); choose a real directory")
-    if info.st_uid != os.geteuid():
-        raise StressError(f"stress directory {directory} belongs to uid {info.st_uid}, not to "
-                          f"us (uid {os.geteuid()}); use a directory you own")
-    if info.st_mode & 0o022:
-        raise StressError(f"stress directory {directory} is writable by others (mode "
-                          f"{stat.S_IMODE(info.st_mode):o}); run chmod 755 on it")
-    os.chmod(directory, 0o755)
+    phpfiles.prepare_directory(directory, "stress directory", StressError)
 
 
 def write_atomic(path: Path, content: bytes, mtime: float) -> None:
     """Replace path with content and the given mtime in one rename.
 
-    The temporary file is created with O_EXCL beside the target, so nothing else can have
-    placed it there. It gets its mtime before the rename, so OPcache reads the new timestamp
-    together with the new content.
-
     Raises:
         StressError: the file could not be written.
     """
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(temporary, 0o644)
-        os.utime(temporary, (mtime, mtime))
-        os.replace(temporary, path)
+        phpfiles.write_php(path, content, mtime)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise StressError(f"cannot write {path}: {exc.strerror or exc}; check the disk and "
                           "the directory's permissions") from exc
