@@ -18,7 +18,7 @@ from opcache_guard.health import Finding, Status, Verdict, judge, unknown
 from opcache_guard.probe import Prober
 from opcache_guard.restart.journal import unresolved_runs
 from opcache_guard.restart.states import State
-from opcache_guard.sample import Sample
+from opcache_guard.sample import Sample, describe_layout_error
 from opcache_guard.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,15 @@ def _check_one(prober: Prober, store: StateStore | None, config: Config,
     try:
         sample = prober.probe(pool)
     except GuardError as exc:
-        log.info("probe failed: %s", exc)
-        return PoolResult(pool, None, unknown(pool.name, str(exc)), str(exc),
-                          time.monotonic() - started)
+        return _failed(pool, _name_pool(pool, str(exc)), started)
+    except (KeyError, TypeError, ValueError) as exc:
+        # The reply was JSON, but not laid out as the status script writes it.
+        message = f"{pool.location}: unexpected reply layout: {describe_layout_error(exc)}"
+        return _failed(pool, message, started)
+    except Exception as exc:
+        # A safety net so that one pool's bug cannot abort the check of every other pool.
+        log.exception("failed to probe %s", pool.location)
+        return _failed(pool, f"{pool.location}: probe failed unexpectedly: {exc!r}", started)
     previous = None
     if store is not None:
         key = pool.key
@@ -55,6 +61,19 @@ def _check_one(prober: Prober, store: StateStore | None, config: Config,
         store.save_sample(key, sample)
     verdict = judge(sample, previous, config.thresholds)
     return PoolResult(pool, sample, verdict, None, time.monotonic() - started)
+
+
+def _name_pool(pool: PoolConfig, message: str) -> str:
+    """Prefix the pool's location to a message that does not start with it already."""
+    if message.startswith(pool.location):
+        return message
+    return f"{pool.location}: {message}"
+
+
+def _failed(pool: PoolConfig, message: str, started: float) -> PoolResult:
+    log.info("failed to probe %s: %s", pool.name, message)
+    return PoolResult(pool, None, unknown(pool.name, message), message,
+                      time.monotonic() - started)
 
 
 def check_pools(config: Config, remember: bool = True) -> list[PoolResult]:

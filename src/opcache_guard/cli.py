@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import signal
 import sys
@@ -166,11 +167,38 @@ class _ScrapeCollector(Collector):
 
 
 def _listen_address(text: str) -> tuple[str, int]:
-    address = parse_address(text)
-    if address.is_unix:
-        raise ConfigError(f"--listen {text!r}: the exporter listens on TCP; use host:port, "
-                          "for example 127.0.0.1:9253")
+    """Return the host and port of --listen.
+
+    Raises:
+        ConfigError: the text is not HOST:PORT.
+    """
+    try:
+        address = parse_address(text)
+    except ConfigError:
+        address = None
+    if address is None or address.is_unix:
+        raise ConfigError(f"--listen {text!r} is invalid: the exporter listens on TCP; use "
+                          "HOST:PORT, for example 127.0.0.1:9253")
     return address.host, address.port
+
+
+def _exposure_warning(host: str, port: int) -> str | None:
+    """Return a warning when the exporter would serve beyond this host's loopback."""
+    if host == "localhost":
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_loopback:
+        return None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if ip is not None and ip.is_unspecified:
+        reach = "serving metrics on all interfaces"
+    else:
+        reach = "serving metrics beyond loopback"
+    return (f"opcache-guard: warning: --listen {shown}: {reach}; anyone who reaches this host "
+            "can read pool names and figures")
 
 
 @main.command()
@@ -185,6 +213,9 @@ def exporter(config_path: Path | None, addresses: tuple[str, ...], listen: str,
     """Serve Prometheus metrics over HTTP; every scrape probes every pool."""
     config = require_pools(load(config_path, addresses))
     host, port = _listen_address(listen)
+    warning = _exposure_warning(host, port)
+    if warning:
+        click.echo(warning, err=True)
     registry = CollectorRegistry()
     registry.register(_ScrapeCollector(config, remember=not no_state))
     try:

@@ -1,8 +1,8 @@
 """Helpers every command-line command shares: loading configuration, reporting errors.
 
 A command wraps its body in ``guarded`` so that every ``GuardError`` ends as one line on
-stderr and a chosen exit status, never a traceback. ``--debug`` (or OPCACHE_GUARD_DEBUG=1)
-shows the traceback for developers.
+stderr and a chosen exit status, never a traceback. Setting the environment variable
+OPCACHE_GUARD_DEBUG=1 shows the traceback instead, for developers.
 """
 
 from __future__ import annotations
@@ -84,8 +84,11 @@ def setup_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# click checks nothing about the file: load_config reports a missing or unreadable file
+# itself, with the exit status each command documents (click's usage errors exit 2).
 config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(path_type=Path), default=None,
+    "--config", "-c", "config_path", type=click.Path(readable=False, path_type=Path),
+    default=None,
     help=f"TOML configuration file (default: ${ENV_CONFIG}).")
 fpm_option = click.option(
     "--fpm", "addresses", multiple=True, metavar="ADDRESS",

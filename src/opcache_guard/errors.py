@@ -7,6 +7,7 @@ print one clear line and exit with the right status instead of a traceback::
     ├── ConfigError          invalid configuration or command-line value
     ├── FastCGIError         transport and protocol failures talking to a pool
     │   ├── ConnectError     nothing accepts connections at the address
+    │   ├── ResolveError     the host name of the address does not resolve
     │   ├── FastCGITimeout   connect or read timed out
     │   └── ProtocolError    malformed, truncated or oversized records from the peer
     ├── ProbeError           a pool answered, but not with a usable reading
@@ -37,6 +38,10 @@ class FastCGIError(GuardError):
 
 class ConnectError(FastCGIError):
     """Nothing accepts connections at the address."""
+
+
+class ResolveError(FastCGIError):
+    """The host name of an address does not resolve."""
 
 
 class FastCGITimeout(FastCGIError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import re
 import socket
 import struct
@@ -18,7 +19,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Self
 
-from opcache_guard.errors import ConfigError, ConnectError, FastCGITimeout, ProtocolError
+from opcache_guard.errors import (
+    ConfigError,
+    ConnectError,
+    FastCGITimeout,
+    ProtocolError,
+    ResolveError,
+)
 
 VERSION = 1
 HEADER = struct.Struct("!BBHHBx")
@@ -76,7 +83,7 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.%a-zA-Z]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>\d+)$")
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>[0-9]+)$")
 
 
 def parse_address(text: str) -> Address:
@@ -107,6 +114,12 @@ def parse_address(text: str) -> Address:
     if not 0 < port < 65536:
         raise ConfigError(f"invalid address {text!r}: port {port} is outside 1-65535")
     host = match["v6"] or match["host"]
+    if match["v6"]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ConfigError(f"invalid address {text!r}: {host!r} in brackets is not an IPv6 "
+                              "address; write [::1]:port, or host:port without brackets") from exc
     return Address("tcp", host=host, port=port)
 
 
@@ -359,6 +372,9 @@ class FastCGIClient:
         except TimeoutError as exc:
             raise FastCGITimeout(f"connecting to {address} timed out after "
                                  f"{self.connect_timeout:g} s") from exc
+        except socket.gaierror as exc:
+            raise ResolveError(f"cannot resolve host {address.host} ({exc.strerror}); check "
+                               "the host name in the address, or use an IP address") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot connect to {address}: {reason}") from exc
@@ -373,6 +389,7 @@ class FastCGIClient:
 
         Raises:
             ConnectError: nothing accepts connections at the address.
+            ResolveError: the host name does not resolve.
             FastCGITimeout: connecting or reading took longer than its timeout.
             ProtocolError: the reply is malformed, truncated or too large.
         """

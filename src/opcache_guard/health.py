@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 
 from opcache_guard.errors import ConfigError
 from opcache_guard.sample import Sample
@@ -65,7 +66,14 @@ class Thresholds:
     count_manual_restarts: bool = True
 
     def validate(self) -> None:
-        """Raise ConfigError when a warning threshold is not milder than its critical one."""
+        """Check ranges, and that each warning threshold is milder than its critical one.
+
+        Raises:
+            ConfigError: a value is not finite, is negative, is a percentage above 100 or a
+                ratio above 10, or a pair is in the wrong order.
+        """
+        for field in dataclasses.fields(self):
+            self._check_range(field.name, getattr(self, field.name))
         pairs = [
             ("free_warning_percent", "free_critical_percent", True),
             ("free_warning_mb", "free_critical_mb", True),
@@ -76,14 +84,27 @@ class Thresholds:
         for warning_name, critical_name, falling in pairs:
             warning = getattr(self, warning_name)
             critical = getattr(self, critical_name)
-            if warning < 0 or critical < 0:
-                raise ConfigError(f"threshold {warning_name} or {critical_name} is negative")
             if not warning or not critical:
                 continue
             if (falling and warning < critical) or (not falling and warning > critical):
                 raise ConfigError(
                     f"thresholds {warning_name} = {warning:g} and {critical_name} = "
                     f"{critical:g} are in the wrong order; the warning must come first")
+
+    @staticmethod
+    def _check_range(name: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name} = {value!r} is invalid; use a finite number of 0 or "
+                              "more (0 disables the threshold)")
+        if name.endswith("_percent") and value > 100:
+            raise ConfigError(f"{name} = {value!r} is a percentage; use 0 to 100")
+        # Waste above 10 times max_wasted_percentage is unlikely, so such a value is probably
+        # a percentage written where a ratio belongs.
+        if name.endswith("_ratio") and value > 10:
+            raise ConfigError(f"{name} = {value!r} is a ratio of max_wasted_percentage; use 0 "
+                              "to 10")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,7 +107,9 @@ def nagios(results: Sequence[PoolResult],
     status = worst([overall(results), *[finding.status for finding in host_findings]])
     bad = [r for r in results if r.verdict.status != Status.OK]
     parts = [finding.message for finding in host_findings]
-    parts += [f"{r.pool.name}: {r.verdict.summary}" for r in bad]
+    # The message of a pool that could not be read starts with the pool and its address.
+    parts += [r.verdict.summary if r.error else f"{r.pool.name}: {r.verdict.summary}"
+              for r in bad]
     if parts:
         summary = "; ".join(parts)
     else:

@@ -10,6 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from opcache_guard.errors import ProbeError
+
+_OPCACHE_LAYOUT = "unexpected OPcache status layout"
+_FPM_LAYOUT = "unexpected FPM status layout"
+
 
 @dataclasses.dataclass
 class OpcacheState:
@@ -128,53 +133,96 @@ def _number(mapping: dict[str, Any], key: str, default: float = 0) -> Any:
     return default if value is None else value
 
 
+def _table(mapping: dict[str, Any], key: str, layout: str) -> dict[str, Any]:
+    value = mapping.get(key)
+    if not isinstance(value, dict):
+        raise ProbeError(f"{layout}: {key} is {'missing' if value is None else 'not an object'}"
+                         "; is this PHP 7.4 or newer?")
+    return value
+
+
+def _int(mapping: dict[str, Any], key: str, layout: str, default: int | None = None) -> int:
+    """Return mapping[key] as an int, or default when the key is absent and a default exists.
+
+    Raises:
+        ProbeError: the key is missing (without a default), or the value is not a number.
+    """
+    return int(_convert(int, mapping, key, layout, default))
+
+
+def _float(mapping: dict[str, Any], key: str, layout: str, default: float | None = None) -> float:
+    """Return mapping[key] as a float; see ``_int``."""
+    return float(_convert(float, mapping, key, layout, default))
+
+
+def _convert(kind: type[int | float], mapping: dict[str, Any], key: str, layout: str,
+             default: float | None) -> float:
+    value = mapping.get(key)
+    if value is None:
+        if default is None:
+            raise ProbeError(f"{layout}: {key} is missing; is this PHP 7.4 or newer?")
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProbeError(f"{layout}: {key} = {value!r} is not a number") from exc
+
+
 def parse_opcache(status: dict[str, Any], configuration: dict[str, Any]) -> OpcacheState:
     """Build an OpcacheState from the decoded PHP arrays.
 
     Raises:
-        KeyError or TypeError: a section PHP always sends is missing.
+        ProbeError: a section PHP always sends is missing, or a figure is not a number.
     """
-    memory = status["memory_usage"]
+    layout = _OPCACHE_LAYOUT
+    memory = _table(status, "memory_usage", layout)
     interned = status.get("interned_strings_usage") or {}
-    stats = status["opcache_statistics"]
-    directives = configuration.get("directives", {}) if configuration else {}
-    wasted_limit = float(_number(directives, "opcache.max_wasted_percentage", 0.05))
+    if not isinstance(interned, dict):
+        raise ProbeError(f"{layout}: interned_strings_usage is not an object")
+    stats = _table(status, "opcache_statistics", layout)
+    directives = configuration.get("directives") if isinstance(configuration, dict) else None
+    if not isinstance(directives, dict):
+        directives = {}
+    wasted_limit = _float(directives, "opcache.max_wasted_percentage", layout, 0.05)
     # PHP 8 reports this directive as a fraction (0.05 for 5 %).
     if wasted_limit <= 1:
         wasted_limit *= 100
-    memory_size = int(_number(directives, "opcache.memory_consumption", 0))
+    used = _int(memory, "used_memory", layout)
+    free = _int(memory, "free_memory", layout)
+    wasted = _int(memory, "wasted_memory", layout)
+    memory_size = _int(directives, "opcache.memory_consumption", layout, 0)
     if not memory_size:
-        memory_size = memory["used_memory"] + memory["free_memory"] + memory["wasted_memory"]
+        memory_size = used + free + wasted
     return OpcacheState(
         enabled=bool(status.get("opcache_enabled", False)),
         cache_full=bool(status.get("cache_full", False)),
         restart_pending=bool(status.get("restart_pending", False)),
         restart_in_progress=bool(status.get("restart_in_progress", False)),
         memory_size=memory_size,
-        used_memory=int(memory["used_memory"]),
-        free_memory=int(memory["free_memory"]),
-        wasted_memory=int(memory["wasted_memory"]),
-        current_wasted_percentage=float(memory.get("current_wasted_percentage", 0.0)),
+        used_memory=used,
+        free_memory=free,
+        wasted_memory=wasted,
+        current_wasted_percentage=_float(memory, "current_wasted_percentage", layout, 0.0),
         max_wasted_percentage=wasted_limit,
-        num_cached_scripts=int(stats["num_cached_scripts"]),
-        num_cached_keys=int(stats["num_cached_keys"]),
-        max_cached_keys=int(stats["max_cached_keys"]),
-        max_accelerated_files=int(_number(directives, "opcache.max_accelerated_files", 0)),
-        interned_strings_buffer_size=int(_number(interned, "buffer_size")),
-        interned_strings_used_memory=int(_number(interned, "used_memory")),
-        interned_strings_free_memory=int(_number(interned, "free_memory")),
-        number_of_strings=int(_number(interned, "number_of_strings")),
-        hits=int(stats["hits"]),
-        misses=int(stats["misses"]),
-        hit_rate=float(stats.get("opcache_hit_rate", 0.0)),
-        start_time=int(stats["start_time"]),
-        last_restart_time=int(stats["last_restart_time"]),
-        oom_restarts=int(stats["oom_restarts"]),
-        hash_restarts=int(stats["hash_restarts"]),
-        manual_restarts=int(stats["manual_restarts"]),
+        num_cached_scripts=_int(stats, "num_cached_scripts", layout),
+        num_cached_keys=_int(stats, "num_cached_keys", layout),
+        max_cached_keys=_int(stats, "max_cached_keys", layout),
+        max_accelerated_files=_int(directives, "opcache.max_accelerated_files", layout, 0),
+        interned_strings_buffer_size=_int(interned, "buffer_size", layout, 0),
+        interned_strings_used_memory=_int(interned, "used_memory", layout, 0),
+        interned_strings_free_memory=_int(interned, "free_memory", layout, 0),
+        number_of_strings=_int(interned, "number_of_strings", layout, 0),
+        hits=_int(stats, "hits", layout),
+        misses=_int(stats, "misses", layout),
+        hit_rate=_float(stats, "opcache_hit_rate", layout, 0.0),
+        start_time=_int(stats, "start_time", layout),
+        last_restart_time=_int(stats, "last_restart_time", layout),
+        oom_restarts=_int(stats, "oom_restarts", layout),
+        hash_restarts=_int(stats, "hash_restarts", layout),
+        manual_restarts=_int(stats, "manual_restarts", layout),
         validate_timestamps=bool(_number(directives, "opcache.validate_timestamps", True)),
-        revalidate_freq=int(_number(directives, "opcache.revalidate_freq", 2)),
-        file_update_protection=int(_number(directives, "opcache.file_update_protection", 2)),
+        revalidate_freq=_int(directives, "opcache.revalidate_freq", layout, 2),
+        file_update_protection=_int(directives, "opcache.file_update_protection", layout, 2),
     )
 
 
@@ -182,20 +230,20 @@ def parse_fpm(data: dict[str, Any]) -> FpmState:
     """Build an FpmState from the status page JSON or ``fpm_get_status()``.
 
     The status page spells keys with spaces ("listen queue"), fpm_get_status() with dashes.
+
+    Raises:
+        ProbeError: a figure is not a number.
     """
     normal = {key.replace(" ", "_").replace("-", "_"): value for key, value in data.items()}
-    return FpmState(
-        pool=str(normal.get("pool", "")),
-        process_manager=str(normal.get("process_manager", "")),
-        start_time=int(normal.get("start_time", 0)),
-        accepted_conn=int(normal.get("accepted_conn", 0)),
-        listen_queue=int(normal.get("listen_queue", 0)),
-        max_listen_queue=int(normal.get("max_listen_queue", 0)),
-        listen_queue_len=int(normal.get("listen_queue_len", 0)),
-        idle_processes=int(normal.get("idle_processes", 0)),
-        active_processes=int(normal.get("active_processes", 0)),
-        total_processes=int(normal.get("total_processes", 0)),
-        max_active_processes=int(normal.get("max_active_processes", 0)),
-        max_children_reached=int(normal.get("max_children_reached", 0)),
-        slow_requests=int(normal.get("slow_requests", 0)),
-    )
+    counters = {field.name: _int(normal, field.name, _FPM_LAYOUT, 0)
+                for field in dataclasses.fields(FpmState)
+                if field.name not in ("pool", "process_manager")}
+    return FpmState(pool=str(normal.get("pool", "")),
+                    process_manager=str(normal.get("process_manager", "")), **counters)
+
+
+def describe_layout_error(exc: Exception) -> str:
+    """Word a KeyError, TypeError or ValueError met while reading a reply, for a message."""
+    if isinstance(exc, KeyError):
+        return f"{exc.args[0]!r} is missing" if exc.args else "a key is missing"
+    return str(exc)

@@ -132,7 +132,7 @@ def host_config(config: Config) -> HostConfig:
     _reject_unknown("[agent]", agent_raw, _fields(AgentSettings), source)
     agent = AgentSettings(**_typed("[agent]", agent_raw, AgentSettings(), source))
     agent.validate(source)
-    groups = slots.base.parse_groups(_table(config, "slots"))
+    groups = slots.base.parse_groups(_table(config, "slots"), source)
     if host["group"] not in groups:
         raise ConfigError(f"{source}: the host's group {host['group']!r} has no "
                           f"[slots.groups.{host['group']}] section; add one with limit = 1")

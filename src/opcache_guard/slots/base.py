@@ -322,20 +322,49 @@ def register(backend: type[SlotBackend]) -> type[SlotBackend]:
     return backend
 
 
-def parse_groups(section: dict[str, Any]) -> dict[str, GroupPolicy]:
-    """Read ``[slots.groups.NAME]`` tables into validated policies."""
+def parse_groups(section: dict[str, Any], source: str = "") -> dict[str, GroupPolicy]:
+    """Read ``[slots.groups.NAME]`` tables into validated policies.
+
+    Arguments:
+        section: the ``[slots]`` table.
+        source: the configuration file, named at the start of error messages when given.
+
+    Raises:
+        ConfigError: a group is not a table, or a key has the wrong type or value.
+    """
+    prefix = f"{source}: " if source else ""
+    raw_groups = section.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        raise ConfigError(f"{prefix}[slots] groups = {raw_groups!r} must be a table; write "
+                          "one [slots.groups.NAME] section per group, with limit = N")
     groups = {}
-    for name, raw in section.get("groups", {}).items():
+    for name, raw in raw_groups.items():
+        where = f"{prefix}[slots.groups.{name}]"
         if not _NAME.fullmatch(name):
-            raise ConfigError(f"[slots.groups.{name}]: the group name is invalid; use letters, "
+            raise ConfigError(f"{where}: the group name is invalid; use letters, "
                               "digits, '.', ':', '_' and '-'")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{prefix}[slots.groups] {name} = {raw!r} must be a table; "
+                              f"write [slots.groups.{name}] followed by limit = N")
         unknown = sorted(set(raw) - {"limit", "size", "min_pooled"})
         if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in [slots.groups.{name}]; known "
-                              "keys: limit, min_pooled, size")
-        policy = GroupPolicy(name=name, limit=str(raw.get("limit", "1")),
-                             size=int(raw.get("size", 0)), min_pooled=int(raw.get("min_pooled", 0)))
-        policy.validate()
+            raise ConfigError(f"{prefix}unknown key {unknown[0]!r} in [slots.groups.{name}]; "
+                              "known keys: limit, min_pooled, size")
+        limit = raw.get("limit", "1")
+        if isinstance(limit, bool) or not isinstance(limit, (int, str)):
+            raise ConfigError(f"{where} limit = {limit!r} is invalid; use a count such as "
+                              "limit = 2 or a percentage such as limit = \"10%\"")
+        for key in ("size", "min_pooled"):
+            value = raw.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{where} {key} = {value!r} must be a whole number of 0 or "
+                                  f"more, for example {key} = 8")
+        policy = GroupPolicy(name=name, limit=str(limit), size=raw.get("size", 0),
+                             min_pooled=raw.get("min_pooled", 0))
+        try:
+            policy.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}{exc}") from exc
         groups[name] = policy
     return groups
 
