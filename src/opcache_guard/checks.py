@@ -43,6 +43,19 @@ def _check_one(prober: Prober, store: StateStore | None, config: Config,
                pool: PoolConfig) -> PoolResult:
     started = time.monotonic()
     try:
+        return _probe_and_judge(prober, store, config, pool, started)
+    except GuardError:
+        # The state store failed: that concerns every pool, so check_pools reports it once.
+        raise
+    except Exception as exc:
+        # A safety net so that a bug met with one pool cannot abort the check of the others.
+        log.exception("failed to check %s", pool.location)
+        return _failed(pool, f"{pool.location}: check failed unexpectedly: {exc!r}", started)
+
+
+def _probe_and_judge(prober: Prober, store: StateStore | None, config: Config,
+                     pool: PoolConfig, started: float) -> PoolResult:
+    try:
         sample = prober.probe(pool)
     except GuardError as exc:
         return _failed(pool, _name_pool(pool, str(exc)), started)
@@ -50,10 +63,6 @@ def _check_one(prober: Prober, store: StateStore | None, config: Config,
         # The reply was JSON, but not laid out as the status script writes it.
         message = f"{pool.location}: unexpected reply layout: {describe_layout_error(exc)}"
         return _failed(pool, message, started)
-    except Exception as exc:
-        # A safety net so that one pool's bug cannot abort the check of every other pool.
-        log.exception("failed to probe %s", pool.location)
-        return _failed(pool, f"{pool.location}: probe failed unexpectedly: {exc!r}", started)
     previous = None
     if store is not None:
         key = pool.key
