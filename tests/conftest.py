@@ -1,11 +1,16 @@
-"""Shared fixtures: real php-fpm masters and etcd on loopback, in temporary directories."""
+"""Shared fixtures: real php-fpm masters and etcd on loopback, in temporary directories.
+
+Also a fake TCP server on 127.0.0.1 for fault injection.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,3 +85,34 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
     server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
     yield server
     server.stop()
+
+
+ConnectionHandler = Callable[[socket.socket], None]
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[[ConnectionHandler], str]]:
+    """A loopback server that runs a handler per connection, for fault injection."""
+    servers: list[socket.socket] = []
+
+    def start(handler: ConnectionHandler) -> str:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        servers.append(server)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    handler(conn)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"127.0.0.1:{server.getsockname()[1]}"
+
+    yield start
+    for server in servers:
+        server.close()

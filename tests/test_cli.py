@@ -117,7 +117,7 @@ def test_check_without_pools_is_unknown() -> None:
 @pytest.mark.parametrize("content, message", [
     ("[pools.www]\naddres = '127.0.0.1:9000'\n", "unknown key 'addres'"),
     ("[pools.www]\naddress = 'nowhere'\n", "invalid address 'nowhere'"),
-    ("[thresholds]\nfree_warning_percent = 'x'\n", "must be a float"),
+    ("[thresholds]\nfree_warning_percent = 'x'\n", "must be a number"),
     ("[thresholds]\nfree_warning_percent = 1\nfree_critical_percent = 5\n", "wrong order"),
     ("pools = [\n", "not valid TOML"),
 ])

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from opcache_guard import cliutil, config
 from opcache_guard.cli import _exposure_warning, _listen_address, main
 from opcache_guard.errors import ConfigError
 from opcache_guard.fastcgi import RecordDecoder, RecordType, decode_params, encode_record
-
-Replies = Callable[[dict[str, Any], dict[str, Any] | None], str]
 
 STATUS = {
     "memory_usage": {"used_memory": 10, "free_memory": 90, "wasted_memory": 0,
@@ -44,7 +41,7 @@ def invoke(*args: str) -> Result:
 
 
 def _serve(conn: socket.socket, script_reply: bytes, fpm_reply: bytes) -> None:
-    """Answer each request on one connection: the status page or the status script."""
+    """Reply to each request on one connection, as the status page or the status script."""
     decoder = RecordDecoder()
     params = b""
     while True:
@@ -65,39 +62,23 @@ def _serve(conn: socket.socket, script_reply: bytes, fpm_reply: bytes) -> None:
 
 
 @pytest.fixture
-def fake_pool(tmp_path: Path) -> Iterator[Callable[[Any, Any], Path]]:
+def fake_pool(tmp_path: Path,
+              fake_server: Callable[[Callable[[socket.socket], None]], str],
+              ) -> Callable[[Any, Any], Path]:
     """Start a fake pool replying with the given JSON; return a configuration file for it."""
-    servers: list[socket.socket] = []
 
     def start(script_reply: Any, fpm_reply: Any = FPM_REPLY) -> Path:
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        servers.append(server)
         script_bytes = json.dumps(script_reply).encode()
         fpm_bytes = json.dumps(fpm_reply).encode()
-
-        def accept() -> None:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    _serve(conn, script_bytes, fpm_bytes)
-
-        threading.Thread(target=accept, daemon=True).start()
-        port = server.getsockname()[1]
+        address = fake_server(lambda conn: _serve(conn, script_bytes, fpm_bytes))
         path = tmp_path / "guard.toml"
         path.write_text(f'[probe]\nscript_dir = "{tmp_path / "probe"}"\nread_timeout = 5\n'
-                        f'[pools.bad]\naddress = "127.0.0.1:{port}"\n'
-                        f'[pools.good]\naddress = "127.0.0.1:{port}"\n'
+                        f'[pools.bad]\naddress = "{address}"\n'
+                        f'[pools.good]\naddress = "{address}"\n'
                         f'status_path = "/fpm-status-good"\n')
         return path
 
-    yield start
-    for server in servers:
-        server.close()
+    return start
 
 
 @pytest.mark.parametrize("command", ["check", "status", "metrics"])
@@ -200,8 +181,8 @@ def test_odd_fpm_reply_spares_other_pool(fake_pool: Callable[[Any, Any], Path]) 
     assert pools["bad"]["error"].startswith("pool bad at 127.0.0.1:")
     assert ("unexpected FPM status layout: listen_queue = 'x' is not a number"
             in pools["bad"]["error"])
-    # The pool "good" reads /fpm-status-good, which the fake answers with the script's
-    # reply: a JSON object without FPM counters, so every counter defaults to 0.
+    # The pool "good" reads /fpm-status-good, for which the fake returns the script's reply.
+    # That JSON object has no FPM counters, so every counter defaults to 0.
     assert pools["good"]["up"] is True
 
 
@@ -227,9 +208,12 @@ def test_check_names_address_once() -> None:
     assert not first.startswith("OPCACHE UNKNOWN - 127.0.0.1:1: ")
 
 
-def test_check_unresolvable_host() -> None:
-    # The .invalid top-level domain never resolves (RFC 2606), so no query leaves this host
-    # for an answer; the resolver may still ask the configured DNS server.
+def test_check_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The resolver is replaced, so the test sends no DNS query off this host.
+    def fail_lookup(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail_lookup)
     result = invoke("check", "--no-state", "--fpm", "nonexistent.invalid:9000")
     assert result.exit_code == 3
     first = result.stdout.splitlines()[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from opcache_guard import fastcgi
 from opcache_guard.errors import ConfigError, ConnectError, FastCGITimeout, ProtocolError
 from opcache_guard.fastcgi import FastCGIClient, RecordDecoder, RecordType
+
+Handler = Callable[[socket.socket], None]
 
 
 @given(st.binary(max_size=4096))
@@ -106,37 +108,6 @@ def test_parse_cgi_output() -> None:
 def test_parse_cgi_output_rejects(stdout: bytes) -> None:
     with pytest.raises(ProtocolError):
         fastcgi.parse_cgi_output(stdout)
-
-
-Handler = Callable[[socket.socket], None]
-
-
-@pytest.fixture
-def fake_server() -> Iterator[Callable[[Handler], str]]:
-    """A loopback server that runs a handler per connection, for fault injection."""
-    servers: list[socket.socket] = []
-
-    def start(handler: Handler) -> str:
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        servers.append(server)
-
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = server.accept()
-                except OSError:
-                    return
-                with conn:
-                    handler(conn)
-
-        threading.Thread(target=serve, daemon=True).start()
-        return f"127.0.0.1:{server.getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def _read_request(conn: socket.socket) -> int:

@@ -205,7 +205,8 @@ def _exposure_warning(host: str, port: int) -> str | None:
 @config_option
 @fpm_option
 @click.option("--listen", default="127.0.0.1:9253", show_default=True, metavar="HOST:PORT",
-              help="Where to serve /metrics. Binds to localhost unless told otherwise.")
+              help="Address and port to serve /metrics on. The default is loopback only; "
+                   "any other address prints a warning.")
 @no_state_option
 @guarded(status=2)
 def exporter(config_path: Path | None, addresses: tuple[str, ...], listen: str,

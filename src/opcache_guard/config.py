@@ -136,7 +136,7 @@ def _reject_unknown(section: str, given: dict[str, Any], known: set[str], source
 
 
 def _section(data: dict[str, Any], name: str, source: str) -> dict[str, Any]:
-    """Return a top-level table, raising ConfigError when the key holds something else."""
+    """Return a top-level table, raising ConfigError when the key has another type."""
     value = data.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"{source}: {name} = {value!r} must be a table; write a [{name}] "
