@@ -62,7 +62,7 @@ def _serve(conn: socket.socket, script_reply: bytes, fpm_reply: bytes) -> None:
 
 
 @pytest.fixture
-def fake_pool(tmp_path: Path,
+def fake_pool(tmp_path: Path, fpm_dir: Path,
               fake_server: Callable[[Callable[[socket.socket], None]], str],
               ) -> Callable[[Any, Any], Path]:
     """Start a fake pool replying with the given JSON; return a configuration file for it."""
@@ -72,7 +72,7 @@ def fake_pool(tmp_path: Path,
         fpm_bytes = json.dumps(fpm_reply).encode()
         address = fake_server(lambda conn: _serve(conn, script_bytes, fpm_bytes))
         path = tmp_path / "guard.toml"
-        path.write_text(f'[probe]\nscript_dir = "{tmp_path / "probe"}"\nread_timeout = 5\n'
+        path.write_text(f'[probe]\nscript_dir = "{fpm_dir / "probe"}"\nread_timeout = 5\n'
                         f'[pools.bad]\naddress = "{address}"\n'
                         f'[pools.good]\naddress = "{address}"\n'
                         f'status_path = "/fpm-status-good"\n')
