@@ -33,7 +33,15 @@ class ConfigError(GuardError):
 
 
 class FastCGIError(GuardError):
-    """Talking FastCGI to a pool failed."""
+    """Talking FastCGI to a pool failed.
+
+    ``reason`` is the cause alone, without the address, for callers that name the pool
+    themselves.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ConnectError(FastCGIError):

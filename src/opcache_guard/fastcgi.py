@@ -377,7 +377,7 @@ class FastCGIClient:
                                "the host name in the address, or use an IP address") from exc
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise ConnectError(f"cannot connect to {address}: {reason}") from exc
+            raise ConnectError(f"cannot connect to {address}: {reason}", reason) from exc
         return sock
 
     def request(
@@ -420,8 +420,9 @@ class FastCGIClient:
         except OSError as exc:
             sock.close()
             self._sock = None
-            raise ConnectError(f"connection to {self.address} failed: "
-                               f"{exc.strerror or exc}") from exc
+            reason = exc.strerror or str(exc)
+            raise ConnectError(f"connection to {self.address} failed: {reason}",
+                               reason) from exc
         except ProtocolError:
             sock.close()
             self._sock = None

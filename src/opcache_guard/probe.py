@@ -99,12 +99,6 @@ class Prober:
                              connect_timeout=self.settings.connect_timeout,
                              read_timeout=self.settings.read_timeout)
 
-    def _where(self, pool: PoolConfig) -> str:
-        address = str(pool.status_listen or pool.address)
-        if pool.name == address:
-            return f"pool at {address}"
-        return f"pool {pool.name} at {address}"
-
     def _get(self, pool: PoolConfig, script_filename: str, script_name: str,
              query: str = "") -> Response:
         """Send one GET, retrying once on a 5xx (FPM's status page rarely fails to lock)."""
@@ -116,22 +110,22 @@ class Prober:
                     # A reset means a worker died mid-request (it crashed or was recycled);
                     # another worker may well answer.
                     if attempt == 1 and "reset" in str(exc).lower():
-                        log.warning("retrying the probe of %s: %s", self._where(pool), exc)
+                        log.warning("retrying the probe of %s: %s", pool.location, exc)
                         continue
-                    raise ProbeError(f"{self._where(pool)}: unreachable ({exc}); check that "
-                                     "php-fpm runs and listens there") from exc
+                    raise ProbeError(f"{pool.location}: unreachable ({exc.reason}); check "
+                                     "that php-fpm runs and listens there") from exc
                 except FastCGITimeout as exc:
                     raise ProbeError(self._timeout_message(pool)) from exc
                 if reply.status < 500 or attempt == 2:
                     return reply
-        raise ProbeError(f"{self._where(pool)}: the connection was reset twice; see the "
+        raise ProbeError(f"{pool.location}: the connection was reset twice; see the "
                          "pool's log for crashed workers")
 
     def _timeout_message(self, pool: PoolConfig) -> str:
         waited = f"no reply within {self.settings.read_timeout:g} s"
         if pool.status_listen:
-            return f"{self._where(pool)}: {waited}; the master looks hung"
-        return (f"{self._where(pool)}: {waited}: the pool is saturated (every worker busy) or "
+            return f"{pool.location}: {waited}; the master looks hung"
+        return (f"{pool.location}: {waited}: the pool is saturated (every worker busy) or "
                 "hung; set pm.status_listen in the pool and status_listen in the "
                 "configuration so status stays readable under load")
 
@@ -151,10 +145,10 @@ class Prober:
         """
         reply = self._get(pool, pool.status_path, pool.status_path, "json")
         if reply.status in (403, 404):
-            raise ProbeError(f"{self._where(pool)}: status page {pool.status_path} not found "
+            raise ProbeError(f"{pool.location}: status page {pool.status_path} not found "
                              f"(FPM answered {reply.status} {_body_hint(reply)}); set "
                              f"pm.status_path = {pool.status_path} in the pool")
-        data = _decode_json(reply, f"{self._where(pool)}: status page {pool.status_path}")
+        data = _decode_json(reply, f"{pool.location}: status page {pool.status_path}")
         return parse_fpm(data)
 
     def probe(self, pool: PoolConfig) -> Sample:
@@ -170,11 +164,12 @@ class Prober:
             reply = self._get(pool, script_filename, "/" + os.path.basename(script_filename),
                               "fpm=1" if use_function else "")
         data = self._check_script_reply(pool, reply, script_filename)
+        opcache = parse_opcache(data["status"], data.get("configuration") or {})
         try:
-            opcache = parse_opcache(data["status"], data.get("configuration") or {})
+            taken_at = float(data["time"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ProbeError(f"{self._where(pool)}: unexpected OPcache status layout "
-                             f"(missing {exc}); is this PHP 7.4 or newer?") from exc
+            raise ProbeError(f"{pool.location}: unexpected reply layout: 'time' is missing or "
+                             "not a number; is the status script opcache-guard's own?") from exc
         if not use_function or not isinstance(data.get("fpm"), dict):
             # On the status_listen address fpm_get_status() would describe the hidden status
             # pool, not the pool we watch, so that case reads the status page too.
@@ -186,14 +181,14 @@ class Prober:
             notes.append("opcache.file_update_protection is 0, so every probe caches its "
                          "status script and fills the cache a little; install the status "
                          "script and set script_path, or set file_update_protection to 2")
-        return Sample(pool=pool.name, address=str(pool.address), time=float(data["time"]),
+        return Sample(pool=pool.name, address=str(pool.address), time=taken_at,
                       duration=time.monotonic() - started,
                       php_version=str(data.get("php_version", "")), opcache=opcache, fpm=fpm,
                       notes=notes)
 
     def _check_script_reply(self, pool: PoolConfig, reply: Response,
                             script_filename: str) -> dict[str, Any]:
-        where = self._where(pool)
+        where = pool.location
         if reply.status == 404:
             fix = ("set [probe] script_dir to a directory the pool can read, or install "
                    "the script and set script_path" if not pool.script_path else
