@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from opcache_guard.config import PoolConfig, load_config
 from opcache_guard.errors import ProbeError
 from opcache_guard.fastcgi import FastCGIClient
 from opcache_guard.fpm import local
-from opcache_guard.lab import LabMaster, LabRecord, lab_down, lab_up
+from opcache_guard.lab import APP_DIR, LabMaster, LabRecord, lab_down, lab_up
 from opcache_guard.lb.base import LbState
 from opcache_guard.lb.haproxy import state_of
 from opcache_guard.lb.haproxy_api import RuntimeAPI, SocketAddress
@@ -129,6 +130,27 @@ class Lab:
         status = self.request_script(name, f"reset-{time.monotonic_ns()}.php",
                                      "<?php var_dump(opcache_reset());\n")
         assert status == 200
+
+    def hold_request(self, name: str, milliseconds: int) -> threading.Thread:
+        """Keep one request running on a master for a while, from a thread; return it."""
+        spec = self.master(name).spec()
+        script = self.directory / APP_DIR / "slow.php"
+
+        def request() -> None:
+            with FastCGIClient(spec.listen_address(), read_timeout=milliseconds / 1000 + 10
+                               ) as client:
+                client.get(str(script), "/slow.php", f"ms={milliseconds}")
+
+        thread = threading.Thread(target=request, daemon=True)
+        thread.start()
+        return thread
+
+    def set_agent_jitter(self, name: str, jitter: float) -> None:
+        """Rewrite [agent] jitter in a host configuration."""
+        path = self.host_config(name)
+        text = path.read_text()
+        assert "jitter = 0.5\n" in text
+        path.write_text(text.replace("jitter = 0.5\n", f"jitter = {jitter}\n"))
 
     def check(self, name: str) -> subprocess.CompletedProcess[str]:
         return cli("check", "-c", str(self.host_config(name)))
