@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import os
@@ -27,6 +28,8 @@ from opcache_guard.lb.base import LbState
 from opcache_guard.lb.haproxy import state_of
 from opcache_guard.lb.haproxy_api import RuntimeAPI, SocketAddress
 from opcache_guard.probe import Prober
+from opcache_guard.slots.base import SlotBackend, create_from
+from opcache_guard.slots.etcd import EtcdBackend
 
 POOLCOUNTER_PORT = 7531
 BACKEND = "php"
@@ -145,15 +148,33 @@ class Lab:
         thread.start()
         return thread
 
-    def set_agent_jitter(self, name: str, jitter: float) -> None:
-        """Rewrite [agent] jitter in a host configuration."""
+    def slots(self, name: str) -> SlotBackend:
+        """Return the slot backend a host's configuration names."""
+        return create_from(load_config(self.host_config(name)))
+
+    def etcd_slot_keys(self, name: str) -> list[str]:
+        """Return every etcd key under the slots prefix of a host's configuration."""
+        backend = self.slots(name)
+        assert isinstance(backend, EtcdBackend)
+        prefix = f"{backend.prefix}/slots/"
+        # The range end is the prefix with its final "/" raised by one, to "0".
+        reply = backend.call("/kv/range", {"key": _b64(prefix), "range_end": _b64(prefix[:-1] + "0"),
+                                           "keys_only": True})
+        return [base64.b64decode(kv["key"]).decode() for kv in reply.get("kvs", [])]
+
+    def set_host_option(self, name: str, line: str, replacement: str) -> None:
+        """Replace one line of a host configuration, which must contain it."""
         path = self.host_config(name)
         text = path.read_text()
-        assert "jitter = 0.5\n" in text
-        path.write_text(text.replace("jitter = 0.5\n", f"jitter = {jitter}\n"))
+        assert f"\n{line}\n" in text, f"{line!r} not in {path}"
+        path.write_text(text.replace(f"\n{line}\n", f"\n{replacement}\n"))
 
     def check(self, name: str) -> subprocess.CompletedProcess[str]:
         return cli("check", "-c", str(self.host_config(name)))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 @contextlib.contextmanager

@@ -65,7 +65,7 @@ def test_two_agents_one_slot(slots: str) -> None:
             assert lab.check(name).returncode == 2
             # Without jitter both agents check at once, and a request held in flight keeps
             # the first one draining while the second asks for the slot.
-            lab.set_agent_jitter(name, 0.0)
+            lab.set_host_option(name, "jitter = 0.5", "jitter = 0.0")
             lab.hold_request(name, HOLD_MS)
 
         sampler = Sampler(lab)
