@@ -10,13 +10,14 @@ import time
 import pytest
 from e2e_support import Lab, running_lab, skip_unless_poolcounter_port_free
 
+from opcache_guard import procs
 from opcache_guard.errors import LoadBalancerError
 from opcache_guard.lb.base import LbState
 
 HOSTS = ("app1", "app2")
 DEADLINE = 40.0
 SAMPLE_INTERVAL = 0.01
-HOLD_MS = 2500
+HOLD_MS = 4000
 
 
 class Sampler(threading.Thread):
@@ -47,6 +48,10 @@ def start_agent(lab: Lab, name: str) -> subprocess.Popen[bytes]:
                              str(lab.host_config(name))], stdout=log, stderr=log)
 
 
+def agent_log(lab: Lab, name: str) -> str:
+    return (lab.directory / f"agent-{name}.log").read_text()
+
+
 def restarted(lab: Lab, name: str, pid: int | None, start: int) -> bool:
     now = lab.pid(name)
     return (now not in (None, pid) and lab.opcache_start(name) > start
@@ -61,16 +66,19 @@ def test_two_agents_one_slot(slots: str) -> None:
         pids = {name: lab.pid(name) for name in HOSTS}
         starts = {name: lab.opcache_start(name) for name in HOSTS}
         for name in HOSTS:
-            lab.reset_opcache(name)
-            assert lab.check(name).returncode == 2
-            # Without jitter both agents check at once, and a request held in flight keeps
-            # the first one draining while the second asks for the slot.
             lab.set_host_option(name, "jitter = 0.5", "jitter = 0.0")
-            lab.hold_request(name, HOLD_MS)
 
         sampler = Sampler(lab)
         sampler.start()
         agents = [start_agent(lab, name) for name in HOSTS]
+        assert procs.wait_until(lambda: all("no action on" in agent_log(lab, name)
+                                            for name in HOSTS), 20)
+        # Both agents now check every 2 s. A request held in flight for longer than that
+        # keeps whichever takes the slot first draining while the other one asks for it.
+        for name in HOSTS:
+            lab.hold_request(name, HOLD_MS)
+            lab.reset_opcache(name)
+            assert lab.check(name).returncode == 2
         try:
             deadline = time.monotonic() + DEADLINE
             while time.monotonic() < deadline:
@@ -87,7 +95,7 @@ def test_two_agents_one_slot(slots: str) -> None:
             for agent in agents:
                 agent.wait(timeout=20)
 
-        logs = [(lab.directory / f"agent-{name}.log").read_text() for name in HOSTS]
+        logs = [agent_log(lab, name) for name in HOSTS]
         print(f"{slots}: {len(sampler.samples)} HAProxy samples in {sampler.elapsed:.1f} s, "
               f"{sampler.errors} errors")
         for name in HOSTS:
