@@ -45,7 +45,7 @@ def cli(*args: str, env: dict[str, str] | None = None,
 
 
 def skip_unless_poolcounter_port_free(slots: str) -> None:
-    """Skip a PoolCounter case when something else holds its fixed port."""
+    """Skip a PoolCounter case when another process has bound its fixed port."""
     if slots == "poolcounter" and procs.port_open("127.0.0.1", POOLCOUNTER_PORT):
         pytest.skip(f"port {POOLCOUNTER_PORT} is taken, and poolcounterd binds only that port")
 
@@ -129,7 +129,7 @@ class Lab:
             return client.get(str(path), f"/{script}").status
 
     def reset_opcache(self, name: str) -> None:
-        """Reset a master's OPcache from a request, so its verdict asks for a restart."""
+        """Reset a master's OPcache from a request, so its verdict sets restart_due."""
         status = self.request_script(name, f"reset-{time.monotonic_ns()}.php",
                                      "<?php var_dump(opcache_reset());\n")
         assert status == 200
@@ -224,7 +224,7 @@ def parse_wrk(output: str) -> WrkResult:
 def wrk_load(url: str, seconds: int) -> Iterator[list[WrkResult]]:
     """Run wrk (2 threads, 8 connections) against a loopback URL for a bounded time.
 
-    The list yielded holds the parsed result once the block has ended and wrk has exited.
+    The list yielded contains the parsed result once the block has ended and wrk has exited.
     """
     assert url.startswith("http://127.0.0.1:"), url
     assert seconds <= 15

@@ -74,7 +74,7 @@ def test_two_agents_one_slot(slots: str) -> None:
         assert procs.wait_until(lambda: all("no action on" in agent_log(lab, name)
                                             for name in HOSTS), 20)
         # Both agents now check every 2 s. A request held in flight for longer than that
-        # keeps whichever takes the slot first draining while the other one asks for it.
+        # keeps whichever takes the slot first draining while the other one requests it.
         for name in HOSTS:
             lab.hold_request(name, HOLD_MS)
             lab.reset_opcache(name)

@@ -77,7 +77,7 @@ def test_failed_health_script_fails_verification(lab: Lab) -> None:
 
     restart_fails(lab, str(copy), "returned 500, expected 200")
 
-    # The new master started and answers, but verification kept it out.
+    # The new master started and responds, but verification kept it out.
     assert lab.opcache_start(HOST) > start_before
     health.write_text("<?php echo 'ok';\n")
     pool_after_fix(lab, str(copy))
