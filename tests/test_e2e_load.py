@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 from e2e_support import Lab, cli, running_lab, wrk_load
@@ -15,7 +16,7 @@ HOSTS = ("app1", "app2", "app3")
 
 
 @pytest.fixture
-def lab() -> Lab:
+def lab() -> Iterator[Lab]:
     with running_lab(pools=3) as running:
         yield running
 
