@@ -26,15 +26,21 @@ _names = itertools.count(1)
 MasterFactory = Callable[..., local.MasterSpec]
 
 
-@pytest.fixture
-def fpm_dir() -> Iterator[Path]:
-    """A fresh directory that php-fpm workers can read.
+def new_fpm_dir() -> Path:
+    """Create a fresh directory that php-fpm workers can read; the caller removes it.
 
     pytest's own tmp_path sits below a mode 0700 directory, which workers running as nobody
     (when the tests run as root) cannot enter. This one is mode 0755 and writable only by us.
     """
     directory = Path(tempfile.mkdtemp(prefix="opcache-guard-test-"))
     os.chmod(directory, 0o755)
+    return directory
+
+
+@pytest.fixture
+def fpm_dir() -> Iterator[Path]:
+    """A fresh directory that php-fpm workers can read, removed after the test."""
+    directory = new_fpm_dir()
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
 

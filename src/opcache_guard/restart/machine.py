@@ -215,8 +215,12 @@ class SafeRestart:
 
     def slot_wait_message(self) -> str:
         """Describe the group's slot holders: ``1/1 held by app2 (restart, 12 s)``."""
-        policy = self.backends.slots.policy(self.host.group)
-        holders = self.backends.slots.holders(self.host.group)
+        slots = self.backends.slots
+        policy = slots.policy(self.host.group)
+        if not slots.lists_all_holders:
+            return (f"waiting for a slot of group {self.host.group}: all {policy.max_out()} "
+                    f"held by other processes, which the {slots.name} backend cannot list")
+        holders = slots.holders(self.host.group)
         who = ", ".join(f"{h.host} ({h.reason}, {h.age:.0f} s)" for h in holders) or "nobody"
         return (f"waiting for a slot of group {self.host.group}: {len(holders)}/"
                 f"{policy.max_out()} held by {who}")
