@@ -8,6 +8,7 @@ so an agent, a cron check and an operator can share one file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -49,7 +50,10 @@ class StateStore:
             raise StateError(f"cannot create the state file {self.path}: {exc.strerror}; set "
                              "state_file to a writable path") from exc
         try:
-            with self.connect() as conn:
+            with contextlib.closing(self.connect()) as conn:
+                # WAL mode is a property of the file and stays once set, so it is set here
+                # only; switching modes takes a lock that busy connections would contend for.
+                conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StateError(f"cannot use the state file {self.path}: {exc}; set state_file "
@@ -76,7 +80,6 @@ class StateStore:
         """
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the state file {self.path}: {exc}; set state_file "
