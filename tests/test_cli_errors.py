@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,13 @@ def test_exposure_warning(host: str, expected: str | None) -> None:
 def test_cliutil_docstring_names_env_var() -> None:
     assert "--debug" not in (cliutil.__doc__ or "")
     assert "OPCACHE_GUARD_DEBUG=1" in (cliutil.__doc__ or "")
+
+
+def test_check_error_is_a_plugin_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[pools.x]\naddres = '127.0.0.1:9000'\n")
+    result = subprocess.run([sys.executable, "-m", "opcache_guard", "check", "-c", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 3
+    assert result.stdout.startswith("OPCACHE UNKNOWN - ")
+    assert "addres" in result.stdout

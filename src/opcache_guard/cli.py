@@ -106,7 +106,7 @@ def status(config_path: Path | None, addresses: tuple[str, ...], as_json: bool,
 @config_option
 @fpm_option
 @no_state_option
-@guarded(status=UNKNOWN)
+@guarded(status=UNKNOWN, plugin=True)
 def check(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) -> None:
     """Run as a Nagios/Icinga plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 

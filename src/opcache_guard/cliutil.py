@@ -56,11 +56,13 @@ def fail(message: str, status: int) -> None:
     sys.exit(status)
 
 
-def guarded(status: int = 1) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def guarded(status: int = 1,
+            plugin: bool = False) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a command so GuardError prints one line and exits with status.
 
     Configuration errors exit with status 2 unless the command asked for another status,
-    as Nagios plugins must exit 3 for every failure.
+    as Nagios plugins must exit 3 for every failure. With ``plugin``, the error is also
+    printed on stdout as a plugin status line, which is all Nagios and Icinga read.
     """
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(function)
@@ -71,6 +73,8 @@ def guarded(status: int = 1) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 if os.environ.get("OPCACHE_GUARD_DEBUG"):
                     raise
                 code = 2 if isinstance(exc, ConfigError) and status == 1 else status
+                if plugin:
+                    click.echo(f"OPCACHE UNKNOWN - {exc}")
                 fail(str(exc), code)
                 raise AssertionError("unreachable") from exc
         return wrapper
