@@ -170,3 +170,22 @@ def test_lab_up_refuses_while_haproxy_runs(fpm_dir: Path) -> None:
     finally:
         lab_down(directory)
     assert LabRecord.load(directory) is None
+
+
+def test_concurrent_directory_creation(fpm_dir: Path) -> None:
+    target = fpm_dir / "race" / "probe"
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            phpfiles.prepare_directory(target, "probe script directory")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert mode_of(target) == 0o755

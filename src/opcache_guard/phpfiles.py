@@ -67,7 +67,11 @@ def prepare_directory(directory: Path, what: str, error: type[GuardError] = Conf
     missing = [path for path in missing if not os.path.lexists(path)]
     try:
         for path in reversed(missing):
-            path.mkdir(mode=0o755)
+            try:
+                path.mkdir(mode=0o755)
+            except FileExistsError:
+                # Another probe of the same run created it first; it is checked below.
+                continue
             # mkdir applies the umask; a directory we just created gets exactly 0755.
             os.chmod(path, 0o755)
         info = directory.lstat()
