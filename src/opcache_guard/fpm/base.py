@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from opcache_guard.errors import ConfigError, FpmControlError
+from opcache_guard.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,8 @@ class FpmControl(abc.ABC):
         return f"{self.name} on {self.host}"
 
 
-_BACKENDS: dict[str, type[FpmControl]] = {}
-
-
-def register(backend: type[FpmControl]) -> type[FpmControl]:
-    """Class decorator that makes a backend selectable by its name."""
-    _BACKENDS[backend.name] = backend
-    return backend
+BACKENDS: Registry[FpmControl] = Registry("fpm", "php-fpm backend", "opcache_guard.fpm")
+register = BACKENDS.register
 
 
 def create(host: str, section: dict[str, Any], dry_run: bool = False) -> FpmControl:
@@ -91,14 +87,7 @@ def create(host: str, section: dict[str, Any], dry_run: bool = False) -> FpmCont
     Raises:
         ConfigError: the backend is missing or unknown; the message lists the known ones.
     """
-    from opcache_guard import fpm  # noqa: F401 - importing the package registers the backends
-
-    name = section.get("backend")
-    if name not in _BACKENDS:
-        known = ", ".join(sorted(_BACKENDS))
-        raise ConfigError(f"[fpm] backend = {name!r} is not a known php-fpm backend; "
-                          f"use one of: {known}")
-    return _BACKENDS[name].from_config(host, section, dry_run)
+    return BACKENDS.lookup(section.get("backend")).from_config(host, section, dry_run)
 
 
 def check_keys(section: dict[str, Any], known: set[str]) -> None:

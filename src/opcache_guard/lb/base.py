@@ -29,7 +29,7 @@ import enum
 import logging
 from typing import Any, ClassVar
 
-from opcache_guard.errors import ConfigError
+from opcache_guard.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,8 @@ class LoadBalancer(abc.ABC):
         return f"{self.name} {self.host}"
 
 
-_BACKENDS: dict[str, type[LoadBalancer]] = {}
-
-
-def register(backend: type[LoadBalancer]) -> type[LoadBalancer]:
-    """Class decorator that makes a backend selectable by its name."""
-    _BACKENDS[backend.name] = backend
-    return backend
+BACKENDS: Registry[LoadBalancer] = Registry("lb", "load balancer backend", "opcache_guard.lb")
+register = BACKENDS.register
 
 
 def create(host: str, section: dict[str, Any], dry_run: bool = False) -> LoadBalancer:
@@ -101,11 +96,4 @@ def create(host: str, section: dict[str, Any], dry_run: bool = False) -> LoadBal
     Raises:
         ConfigError: the backend is missing or unknown; the message lists the known ones.
     """
-    from opcache_guard import lb  # noqa: F401 - importing the package registers the backends
-
-    name = section.get("backend")
-    if name not in _BACKENDS:
-        known = ", ".join(sorted(_BACKENDS))
-        raise ConfigError(f"[lb] backend = {name!r} is not a known load balancer backend; "
-                          f"use one of: {known}")
-    return _BACKENDS[name].from_config(host, section, dry_run)
+    return BACKENDS.lookup(section.get("backend")).from_config(host, section, dry_run)

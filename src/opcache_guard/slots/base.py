@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from opcache_guard.errors import ConfigError
+from opcache_guard.registry import Registry
 
 if TYPE_CHECKING:
     from opcache_guard.config import Config
@@ -303,7 +304,8 @@ class SlotBackend(abc.ABC):
         """Release connections; slots of this process held by connection are freed too."""
 
 
-_BACKENDS: dict[str, type[SlotBackend]] = {}
+BACKENDS: Registry[SlotBackend] = Registry("slots", "slot backend", "opcache_guard.slots")
+register = BACKENDS.register
 
 # Group and host names become etcd keys and PoolCounter keys, which end at a space.
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -314,12 +316,6 @@ def check_host(host: str) -> None:
     if not _NAME.fullmatch(host):
         raise ConfigError(f"host name {host!r} is invalid for a slot; use letters, digits, "
                           "'.', ':', '_' and '-'")
-
-
-def register(backend: type[SlotBackend]) -> type[SlotBackend]:
-    """Class decorator that makes a backend selectable by its name."""
-    _BACKENDS[backend.name] = backend
-    return backend
 
 
 def parse_groups(section: dict[str, Any], source: str = "") -> dict[str, GroupPolicy]:
@@ -375,14 +371,8 @@ def create(section: dict[str, Any], dry_run: bool = False) -> SlotBackend:
     Raises:
         ConfigError: the backend is unknown; the message lists the known ones.
     """
-    from opcache_guard import slots  # noqa: F401 - importing the package registers backends
-
-    name = section.get("backend", "sqlite")
-    if name not in _BACKENDS:
-        known = ", ".join(sorted(_BACKENDS))
-        raise ConfigError(f"[slots] backend = {name!r} is not a known slot backend; "
-                          f"use one of: {known}")
-    return _BACKENDS[name].from_config(section, parse_groups(section), dry_run)
+    backend = BACKENDS.lookup(section.get("backend", "sqlite"))
+    return backend.from_config(section, parse_groups(section), dry_run)
 
 
 def create_from(config: Config, dry_run: bool = False) -> SlotBackend:
