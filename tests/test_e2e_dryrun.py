@@ -17,7 +17,6 @@ from opcache_guard.store import StateStore
 
 HOST = "app1"
 # HAProxy counts this column up every second, whatever happens to the server.
-CLOCK_COLUMN = "srv_time_since_last_change"
 
 
 @dataclasses.dataclass
@@ -31,9 +30,12 @@ class Snapshot:
     runs: list[tuple[int, str]]
 
 
+CONTROLLED_COLUMNS = ("srv_name", "srv_admin_state", "srv_uweight", "srv_iweight")
+
+
 def snapshot(lab: Lab) -> Snapshot:
-    servers = [{key: value for key, value in row.items() if key != CLOCK_COLUMN}
-               for row in lab.servers_state()]
+    # Only what opcache-guard can change: health check columns move with HAProxy's checks.
+    servers = [{key: row[key] for key in CONTROLLED_COLUMNS} for row in lab.servers_state()]
     store = StateStore(load_config(lab.host_config(HOST)).state_file)
     runs = [(run.id, run.state.name) for run in Journal(store).runs(HOST)]
     return Snapshot(servers, lab.etcd_slot_keys(HOST), lab.pid(HOST), lab.opcache_start(HOST),

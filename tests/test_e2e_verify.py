@@ -48,19 +48,27 @@ def pool_after_fix(lab: Lab, config: str) -> None:
     assert check.returncode == 0, check.stdout
 
 
-def test_invalid_fpm_config_fails_restart(lab: Lab) -> None:
+def test_invalid_fpm_config_aborts_restart(lab: Lab) -> None:
     config = str(lab.host_config(HOST))
     fpm_conf = lab.master(HOST).spec().fpm_conf
     valid = fpm_conf.read_text()
     fpm_conf.write_text(valid + "\n[broken\nlisten = \n")
     pid_before = lab.pid(HOST)
 
-    restart_fails(lab, config, "configuration check")
+    result = cli("restart", "-c", config)
 
-    # The configuration check runs before the old master is stopped, so it still runs.
-    assert lab.pid(HOST) == pid_before
+    # The configuration check runs before the old master is stopped, so the host goes back
+    # into service as it was, and its slot is free again.
     fpm_conf.write_text(valid)
-    pool_after_fix(lab, config)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^run \d+: ABORTED: ", result.stdout, re.MULTILINE), result.stdout
+    assert "configuration check" in result.stdout
+    assert lab.pid(HOST) == pid_before
+    assert lab.lb_states()[HOST] == LbState.POOLED
+    assert lab.wait_up(HOST) == "UP"
+    assert cli("check", "-c", config).returncode == 0
+    other = cli("restart", "-c", str(lab.host_config("app2")), "--slot-timeout", "0")
+    assert other.returncode == 0, other.stdout + other.stderr
 
 
 def test_failed_health_script_fails_verification(lab: Lab) -> None:
@@ -79,5 +87,14 @@ def test_failed_health_script_fails_verification(lab: Lab) -> None:
 
     # The new master started and responds, but verification kept it out.
     assert lab.opcache_start(HOST) > start_before
+
+    # The FAILED host keeps its slot, so the group (limit 1) lets no other host out.
+    blocked = cli("restart", "-c", str(lab.host_config("app2")), "--slot-timeout", "0")
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    assert "waiting for a slot" in blocked.stdout + blocked.stderr
+    assert lab.lb_states()["app2"] == LbState.POOLED
+
     health.write_text("<?php echo 'ok';\n")
     pool_after_fix(lab, str(copy))
+    freed = cli("restart", "-c", str(lab.host_config("app2")), "--slot-timeout", "0")
+    assert freed.returncode == 0, freed.stdout + freed.stderr

@@ -19,7 +19,7 @@ from opcache_guard.restart import (
     (State.DONE, State.POOLING),
     (State.ACQUIRING, State.VERIFYING),
     (State.DRAINING, State.RESTARTING),
-    (State.RESTARTING, State.ABORTING),
+    (State.VERIFYING, State.ABORTING),
     (State.FAILED, State.DONE),
 ])
 def test_transitions_reject_illegal_moves(current, new):

@@ -132,3 +132,18 @@ def test_etcd_txn_rejects_key_added_after_read(etcd_server):
     assert slow.acquire("web", "slow", "test", 0) is None
     assert fast_slots[0] is not None
     assert [h.host for h in fast.holders("web")] == ["fast"]
+
+
+def test_etcd_pinned_slot_outlives_lease(etcd_server):
+    config = {"backend": "etcd", "endpoints": [etcd_server.url], "ttl": 2,
+              "groups": {"web": {"limit": 1}}}
+    backend = create(config)
+    slot = backend.acquire("web", "failed", "restart", 0)
+    assert slot is not None
+    assert slot.pin()
+    time.sleep(3)
+    other = create(config)
+    assert other.acquire("web", "b", "test", 0) is None
+    assert [h.host for h in other.holders("web")] == ["failed"]
+    assert other.release_stale("web", "failed")
+    assert other.acquire("web", "b", "test", 0) is not None

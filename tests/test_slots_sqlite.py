@@ -50,15 +50,40 @@ def test_sqlite_retake_returns_held_slot(tmp_path):
     assert other.acquire("web", "a", "same holder", 0, holder=first.holder) is not None
 
 
-def test_sqlite_crashed_holder_freed_on_acquire(tmp_path):
+def test_sqlite_crashed_holder_kept_until_own_repair(tmp_path):
     config = section(tmp_path)
     holder = start_holder(config, "web", "crashed")
     backend = create(config)
     assert backend.acquire("web", "b", "test", 0) is None
     kill(holder)
+    # The crashed holder's host may still be out of service: other hosts must wait.
+    assert backend.acquire("web", "b", "test", 0) is None
     assert [h.host for h in backend.holders("web")] == ["crashed"]
+    assert backend.release_stale("web", "crashed")
     assert backend.acquire("web", "b", "test", 0) is not None
     assert [h.host for h in backend.holders("web")] == ["b"]
+
+
+def test_sqlite_crashed_holder_freed_when_lease_ends(tmp_path):
+    config = section(tmp_path)
+    config["ttl"] = 1
+    holder = start_holder(config, "web", "crashed")
+    kill(holder)
+    backend = create(config)
+    assert backend.acquire("web", "b", "test", 3) is not None
+
+
+def test_sqlite_pinned_slot_outlives_holder(tmp_path):
+    config = section(tmp_path)
+    backend = create(config)
+    slot = backend.acquire("web", "failed", "restart", 0)
+    assert slot is not None
+    assert slot.pin()
+    other = create(config)
+    assert other.acquire("web", "b", "test", 0) is None
+    assert [h.host for h in other.holders("web")] == ["failed"]
+    assert other.release_stale("web", "failed")
+    assert other.acquire("web", "b", "test", 0) is not None
 
 
 def test_sqlite_release_stale_frees_dead_holder_only(tmp_path):

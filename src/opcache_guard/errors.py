@@ -16,6 +16,7 @@ print one clear line and exit with the right status instead of a traceback::
     ├── LoadBalancerError    a load balancer backend failed
     ├── SlotError            a slot backend failed or a slot could not be had
     ├── FpmControlError      restarting a php-fpm master failed
+    │   └── FpmCheckError    a check before the restart failed; nothing was stopped
     ├── RestartError         the safe restart state machine stopped on a failure
     └── StressError          the reproduction harness failed to run
 
@@ -82,6 +83,10 @@ class SlotError(GuardError):
 
 class FpmControlError(GuardError):
     """Restarting or inspecting a php-fpm master failed."""
+
+
+class FpmCheckError(FpmControlError):
+    """A check before the restart failed; the running master was not touched."""
 
 
 class RestartError(GuardError):

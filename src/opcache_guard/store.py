@@ -62,11 +62,14 @@ class StateStore:
     def _create_file(self) -> None:
         """Create the state file mode 0600, or check that the existing one is a plain file."""
         try:
-            info = self.path.lstat()
-        except FileNotFoundError:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            # Present already, or another process created it a moment ago: check it.
+            pass
+        else:
             os.close(fd)
             return
+        info = self.path.lstat()
         if not stat.S_ISREG(info.st_mode):
             kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
             raise StateError(f"state file {self.path} is {kind}; set state_file to the path "

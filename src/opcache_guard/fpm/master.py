@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from opcache_guard import procs
-from opcache_guard.errors import ConfigError, FpmControlError
+from opcache_guard.errors import ConfigError, FpmCheckError, FpmControlError
 from opcache_guard.fpm.base import (
     FpmControl,
     argv_setting,
@@ -104,14 +104,25 @@ class MasterControl(FpmControl):
             running = f"stop pid {pid} with QUIT and " if pid else ""
             log.info("would %sstart %s on %s", running, " ".join(self.command), self.host)
             return
-        if self.check_command:
-            run_command(self.check_command, self.start_timeout,
-                        f"{self.host}: configuration check", self.env)
+        self._check_before_stop()
         if pid is None:
             log.warning("found no master running for %s; starting one", self.pid_file)
         else:
             self._stop(pid)
         self._spawn()
+
+    def _check_before_stop(self) -> None:
+        """Raise FpmCheckError, with the running master untouched, if a new one cannot start."""
+        program = self.command[0]
+        if not (os.path.isfile(program) and os.access(program, os.X_OK)):
+            raise FpmCheckError(f"{self.host}: [fpm] command program {program!r} is not an "
+                                "executable file; the running master was left alone")
+        if self.check_command:
+            try:
+                run_command(self.check_command, self.start_timeout,
+                            f"{self.host}: configuration check", self.env)
+            except FpmControlError as exc:
+                raise FpmCheckError(f"{exc}; the running master was left alone") from exc
 
     def start(self) -> None:
         if self.is_running():

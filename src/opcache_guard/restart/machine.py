@@ -13,7 +13,10 @@ Decisions kept here:
   pooled back and the slot released. ``force`` restarts without depooling, so an operator
   who accepts dropped requests reruns with ``--force``.
 - A failure from the restart on (or a failed verification) ends in FAILED: the host is
-  depooled and stays out until an operator acts, and it is reported CRITICAL.
+  depooled and stays out until an operator acts, it is reported CRITICAL, and its slot is
+  pinned so it keeps counting against the group's limit. A check that fails before the
+  running master is stopped (FpmCheckError) aborts instead: the host goes back as it was.
+- Before the restart, the slot is refreshed: a slot lost during a long drain aborts the run.
 - A dry run logs every step with "would". It takes no slot, writes no journal row, sends
   no signal and changes no load balancer state, but read-only calls still run.
 """
@@ -25,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from opcache_guard.errors import GuardError, RestartError
+from opcache_guard.errors import FpmCheckError, GuardError, RestartError
 from opcache_guard.fpm.base import wait_for_next_second
 from opcache_guard.lb.base import LbState
 from opcache_guard.restart import verify as checks
@@ -151,8 +154,11 @@ class SafeRestart:
                     log.warning("failed to release the slot of %s: %s", self.where, exc)
                     self._move(State.DONE, f"slot release failed ({exc}); it expires")
                     continue
-                self._move(ON_ERROR[state], f"{state.name.lower()} failed: {exc}",
-                           error=str(exc))
+                target = ON_ERROR[state]
+                if isinstance(exc, FpmCheckError):
+                    # Nothing was stopped, so the host can go back into service as it was.
+                    target = State.ABORTING
+                self._move(target, f"{state.name.lower()} failed: {exc}", error=str(exc))
         if self.run_record.state == State.FAILED:
             self._fail()
         return Outcome(self.run_record.id, self.run_record.state,
@@ -248,6 +254,10 @@ class SafeRestart:
         self._move(State.DISABLING, detail)
 
     def _disable(self) -> None:
+        if self.slot is not None and not self.dry_run:
+            # A long drain can outlast a lease (etcd stalls, a paused process): without the
+            # slot, another host may be out already, so this one must not go further.
+            self.slot.refresh()
         if self.run_record.was_pooled_before:
             self.backends.lb.disable()
         self._move(State.RESTARTING, f"restart due: {self.run_record.reason}")
@@ -317,13 +327,22 @@ class SafeRestart:
         self._summary = self.run_record.error or "aborted"
         self._move(State.ABORTED, "put back as it was; slot released")
 
-    def _fail(self) -> None:
-        """Keep a FAILED host out of the load balancer and release the slot.
+    def _keep_slot(self) -> None:
+        """Pin the slot, so the FAILED host keeps counting against its group's limit."""
+        if self.slot is None:
+            return
+        if self.slot.pin():
+            self.slot = None
+            return
+        # NOTE: PoolCounter frees a slot with its connection, so a FAILED host there is out
+        # of service without a slot until an operator pools it; check reports it CRITICAL.
+        log.warning("%s cannot keep a slot after this process exits; the FAILED host %s no "
+                    "longer counts against group %s", self.backends.slots.name, self.where,
+                    self.host.group)
+        self._release_slot()
 
-        NOTE: the slot is released, because slots held by a connection or a lease vanish
-        with this process anyway. So the host is out of service without a slot until an
-        operator pools it, and ``unresolved_runs`` reports it CRITICAL meanwhile.
-        """
+    def _fail(self) -> None:
+        """Keep a FAILED host out of the load balancer, and its slot taken where possible."""
         if self.dry_run:
             return
         try:
@@ -333,9 +352,9 @@ class SafeRestart:
             log.error("failed to keep FAILED host %s out of the load balancer: %s", self.where,
                       exc)
         try:
-            self._release_slot()
+            self._keep_slot()
         except GuardError as exc:
-            log.warning("failed to release the slot of %s: %s", self.where, exc)
+            log.warning("failed to keep the slot of %s: %s", self.where, exc)
         self._summary = (f"{self.where} FAILED and stays out of the load balancer: "
                          f"{self.run_record.error}; fix it, then run 'opcache-guard repair "
                          "--pool-failed' or 'opcache-guard pool'")

@@ -47,7 +47,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.DEPOOLING: frozenset({S.DRAINING, S.ABORTING}),
     S.DRAINING: frozenset({S.DISABLING, S.ABORTING}),
     S.DISABLING: frozenset({S.RESTARTING, S.ABORTING}),
-    S.RESTARTING: frozenset({S.VERIFYING, S.FAILED}),
+    S.RESTARTING: frozenset({S.VERIFYING, S.FAILED, S.ABORTING}),
     S.VERIFYING: frozenset({S.POOLING, S.FAILED}),
     S.POOLING: frozenset({S.RELEASING, S.FAILED}),
     S.RELEASING: frozenset({S.DONE}),

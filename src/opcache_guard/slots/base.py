@@ -130,6 +130,15 @@ class Slot(abc.ABC):
     def refresh(self) -> None:
         """Keep the slot alive during a long hold."""
 
+    def pin(self) -> bool:
+        """Keep the slot after this process exits, until the host's ``release_stale``.
+
+        A host left out of service on purpose (a FAILED restart) must keep counting against
+        its group's limit. Returns False where the backend cannot keep a slot without its
+        holder (PoolCounter frees it with the connection).
+        """
+        return False
+
     @property
     def token(self) -> str:
         """An identifier the journal stores to find this slot again after a crash."""

@@ -97,6 +97,19 @@ class EtcdSlot(Slot):
         self.backend.revoke(self.lease_id)
         log.info("released slot of group %s for %s", self.group, self.host)
 
+    def pin(self) -> bool:
+        """Write the key again without a lease, so it outlives this process and its lease."""
+        key = self.backend.slot_key(self.group, self.host)
+        reply = self.backend.call("/kv/range", {"key": _b64(key)})
+        kvs = reply.get("kvs") or []
+        if not kvs:
+            return False
+        self.backend.call("/kv/put", {"key": _b64(key), "value": kvs[0].get("value", "")})
+        self.backend.revoke(self.lease_id)
+        log.info("kept the slot of group %s for %s until the host is pooled again",
+                 self.group, self.host)
+        return True
+
     def refresh(self) -> None:
         """Keep the lease alive for another ``ttl`` seconds.
 
@@ -259,6 +272,24 @@ class EtcdBackend(SlotBackend):
         log.info("took slot %d of %d of group %s for %s (%s)", len(kvs) + 1, policy.max_out(),
                  policy.name, host, reason)
         return EtcdSlot(self, policy.name, host, holder, reason, lease_id)
+
+    def slot_key(self, group: str, host: str) -> str:
+        """Return the key of host's slot in group."""
+        return self.group_prefix(group) + host
+
+    def release_stale(self, group: str, host: str) -> bool:
+        """Delete host's pinned slot (a key without a lease); a leased key expires by itself."""
+        self.policy(group)
+        key = self.slot_key(group, host)
+        kvs = self.call("/kv/range", {"key": _b64(key)}).get("kvs") or []
+        if not kvs or int(kvs[0].get("lease", 0) or 0):
+            return False
+        if self.dry_run:
+            log.info("would free the pinned slot of group %s for %s", group, host)
+            return False
+        self.call("/kv/deleterange", {"key": _b64(key)})
+        log.warning("freed the pinned slot of group %s for %s", group, host)
+        return True
 
     def holders(self, group: str) -> list[Holder]:
         """Return the live keys of a group, oldest first."""

@@ -4,9 +4,11 @@ Every taker counts and inserts inside one ``BEGIN IMMEDIATE`` transaction, which
 SQLite's write lock from the count to the commit, so two takers never both see a free slot.
 A row belongs to one host of one group. It records the holder's pid, the start time of that
 pid (so a reused pid is not mistaken for the holder) and the boot id, and a lease that
-``refresh`` renews. A row is stale, and the next ``acquire`` of its group deletes it, when its
-lease has expired, or when its holder ran on this machine and that process is gone (or the
-machine has rebooted since).
+``refresh`` renews. The next ``acquire`` of its group deletes a row whose lease has expired.
+A row whose holder process is gone (or whose machine rebooted) is freed earlier only by
+``release_stale`` for its own host, which repair calls once it has taken the run over: a
+dead holder's host may still be out of service, so another host must not get its slot. A
+pinned row (a FAILED restart) has no lease end and is freed the same way.
 
 Configuration (``[slots]``, with ``backend = "sqlite"``):
 
@@ -80,6 +82,10 @@ def process_start(pid: int) -> str:
     return stat.rpartition(")")[2].split()[19]
 
 
+# The lease end of a pinned slot: kept until its host's repair or pool command frees it.
+PINNED_EXPIRY = 1e18
+
+
 class SqliteSlot(Slot):
     """A row of the slots table, held by this process."""
 
@@ -95,6 +101,18 @@ class SqliteSlot(Slot):
             conn.execute("DELETE FROM slots WHERE group_name = ? AND host = ? AND holder = ?",
                          (self.group, self.host, self.holder))
         log.info("released slot of group %s for %s", self.group, self.host)
+
+    def pin(self) -> bool:
+        """Keep the row after this process exits: no lease end, no holder process."""
+        with self.backend.transaction() as conn:
+            updated = conn.execute(
+                "UPDATE slots SET expires = ?, pid = 0, pid_start = '' WHERE group_name = ? "
+                "AND host = ? AND holder = ?",
+                (PINNED_EXPIRY, self.group, self.host, self.holder)).rowcount
+        if updated:
+            log.info("kept the slot of group %s for %s until the host is pooled again",
+                     self.group, self.host)
+        return bool(updated)
 
     def refresh(self) -> None:
         """Renew the lease.
@@ -199,10 +217,14 @@ class SqliteBackend(SlotBackend):
         return SqliteSlot(self, policy.name, host, holder, reason)
 
     def _is_stale(self, expires: float, machine: str, boot: str, pid: int,
-                  pid_start: str) -> bool:
+                  pid_start: str, own_host: bool) -> bool:
+        if own_host and pid == 0:
+            return True
         if expires < time.time():
             return True
-        if machine != self.machine:
+        if machine != self.machine or not own_host:
+            # A dead holder's host may still be out of service: only that host's own repair
+            # frees the slot early, once it has taken the run over.
             return False
         if boot != self.boot_id:
             return True
@@ -217,7 +239,7 @@ class SqliteBackend(SlotBackend):
         for row_host, row_holder, expires, machine, boot, pid, pid_start in rows:
             if host is not None and row_host != host:
                 continue
-            if not self._is_stale(expires, machine, boot, pid, pid_start):
+            if not self._is_stale(expires, machine, boot, pid, pid_start, host is not None):
                 continue
             conn.execute("DELETE FROM slots WHERE group_name = ? AND host = ? AND holder = ?",
                          (group, row_host, row_holder))
