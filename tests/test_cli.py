@@ -186,3 +186,15 @@ def test_lab_up_rejects_tiny_cache(fpm_dir: Path) -> None:
     assert result.returncode == 2
     assert "--memory" in result.stderr
     assert "8<=x<=1024" in result.stderr
+
+
+def test_check_flags_invalid_host_config(lab: LabRecord, tmp_path: Path) -> None:
+    host = Path(lab.directory) / "hosts" / "app1.toml"
+    good = run("check", "-c", str(host))
+    assert good.returncode == 0, good.stdout
+    bad = tmp_path / "app1.toml"
+    bad.write_text(host.read_text().replace("drain_timeout", "drain_timout"))
+    result = run("check", "-c", str(bad))
+    assert result.returncode == 2
+    assert "restart and the agent cannot run" in result.stdout
+    assert "drain_timout" in result.stdout

@@ -117,14 +117,14 @@ def restart_findings(config: Config) -> list[Finding]:
     whose process is gone needs ``repair``: both are CRITICAL. A run another live process is
     working on is a WARNING.
     """
+    findings = _host_config_findings(config)
     if not config.state_file.exists():
-        return []
+        return findings
     try:
         runs = unresolved_runs(StateStore(config.state_file))
     except StateError as exc:
         return [Finding(Status.UNKNOWN, "journal", f"cannot read the restart journal: {exc}")]
     where = f" -c {config.source}" if config.source != "command line" else ""
-    findings = []
     for run in runs:
         if run.in_progress:
             findings.append(Finding(Status.WARNING, "restart_in_progress", run.describe()))
@@ -138,3 +138,26 @@ def restart_findings(config: Config) -> list[Finding]:
                 Status.CRITICAL, "restart_interrupted",
                 f"{run.describe()}; run 'opcache-guard repair{where}' to complete it"))
     return findings
+
+
+def _host_config_findings(config: Config) -> list[Finding]:
+    """Report a host configuration that restart and the agent would reject.
+
+    Monitoring must not stay green while the agent cannot act. Only the configuration is
+    checked here; no load balancer or slot store is contacted.
+    """
+    if "host" not in config.extra:
+        return []
+    from opcache_guard.fpm import base as fpm_base
+    from opcache_guard.lb import base as lb_base
+    from opcache_guard.restart.settings import host_config
+
+    try:
+        host = host_config(config)
+        lb_base.create(host.name, host.section("lb"), dry_run=True)
+        fpm_base.create(host.name, host.section("fpm"), dry_run=True)
+    except GuardError as exc:
+        return [Finding(Status.CRITICAL, "host_config",
+                        f"the host configuration is invalid, so restart and the agent cannot "
+                        f"run: {exc}")]
+    return []
