@@ -7,6 +7,7 @@ invalid options, 3 when the harness itself could not run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 import shlex
 import sys
@@ -33,6 +34,13 @@ _OPCACHE_OPTIONS = ("memory", "interned_strings", "max_files", "max_wasted",
 _POSITIVE = click.FloatRange(min=0.0, min_open=True)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """Reject nan, which passes click's range checks because it compares false."""
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 class _OneLineErrors(click.Command):
     """A command whose invalid options end as one error line and exit status 2."""
 
@@ -56,8 +64,8 @@ class _OneLineErrors(click.Command):
               help="With --fpm: the master's pid file, needed for --reload-interval.")
 @click.option("--fpm-log", type=click.Path(path_type=Path),
               help="With --fpm: the FPM log to watch for crashed workers.")
-@click.option("--duration", type=_POSITIVE, default=20.0, show_default=True,
-              help="Seconds of load.")
+@click.option("--duration", type=click.FloatRange(0, 3600, min_open=True), default=20.0,
+              show_default=True, callback=_finite, help="Seconds of load, at most an hour.")
 @click.option("--max-requests", type=click.IntRange(min=1), default=1_000_000,
               show_default=True, help="Requests after which the load stops.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -94,9 +102,9 @@ class _OneLineErrors(click.Command):
               help="Lab: opcache.protect_memory.")
 @click.option("--file-cache", type=click.Path(path_type=Path), default=None,
               help="Lab: opcache.file_cache directory (default: none).")
-@click.option("--reset-rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--reset-rate", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
               help="opcache_reset() requests per second during the load.")
-@click.option("--reload-interval", type=click.FloatRange(min=0), default=0.0,
+@click.option("--reload-interval", type=click.FloatRange(0, 3600), default=0.0,
               show_default=True, help="Seconds between USR2 reloads of the master; 0 for none.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("stress-report"),
               show_default=True, help="Where report.json and chart.png are written.")
