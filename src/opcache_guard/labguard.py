@@ -113,8 +113,10 @@ def guard_fleet(record: LabRecord) -> dict[str, int]:
     for master in record.masters:
         log_path = Path(master.directory) / "agent.log"
         for line in log_path.read_text(errors="replace").splitlines():
-            if "restart" in line or "waiting" in line:
-                click.echo(f"  agent {master.name}: {line}")
+            # Show each cycle's decision line, without the timestamp and logger name.
+            decision = line.partition(" opcache_guard.agent: ")[2]
+            if decision and not decision.startswith(("starting", "stopped")):
+                click.echo(f"  agent of {master.name}: {decision[:150]}")
     done = _restarts_done(record, started)
     click.secho(f"\nRestarts done: {sum(done.values())} ("
                 + ", ".join(f"{name} {count}" for name, count in done.items())

@@ -8,6 +8,7 @@ out of the load balancer, or the configuration is invalid.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -110,6 +111,10 @@ def agent(config_path: Path | None, once: bool, interval: float | None, dry_run:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    # A long-running agent reports each cycle's decision at INFO, even without -v.
+    package_logger = logging.getLogger("opcache_guard")
+    if package_logger.getEffectiveLevel() > logging.INFO:
+        package_logger.setLevel(logging.INFO)
     worker.run_forever(stop, interval)
 
 
