@@ -31,9 +31,9 @@ import urllib.parse
 from typing import Any, Literal
 
 import etcd3gw
-from etcd3gw import exceptions as etcd_exceptions
 
 from opcache_guard.errors import ConfigError, LoadBalancerError
+from opcache_guard.etcdfailover import call_first_reachable
 from opcache_guard.lb import settings
 from opcache_guard.lb.base import LbState, LoadBalancer, register
 
@@ -188,18 +188,10 @@ class ConftoolLoadBalancer(LoadBalancer):
                                 "writer keeps editing it, find it and retry")
 
     def _call(self, request: Any) -> Any:
-        failures = []
-        for url, client in zip(self.endpoints, self._clients, strict=True):
-            try:
-                return request(client)
-            except (etcd_exceptions.ConnectionFailedError,
-                    etcd_exceptions.ConnectionTimeoutError) as error:
-                failures.append(f"{url}: {error}")
-            except etcd_exceptions.Etcd3Exception as error:
-                raise LoadBalancerError(f"etcd at {url} failed on conftool key {self.key}: "
-                                        f"{error}") from error
-        raise LoadBalancerError(f"no etcd endpoint responded for conftool key {self.key} "
-                                f"within {self.timeout:g} s: {'; '.join(failures)}")
+        return call_first_reachable(
+            list(zip(self.endpoints, self._clients, strict=True)), request, LoadBalancerError,
+            f"for conftool key {self.key}", f"waited {self.timeout:g} s each; check [lb] "
+            "endpoints")
 
 
 def _encode(text: str) -> str:

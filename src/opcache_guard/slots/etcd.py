@@ -32,10 +32,10 @@ import time
 import urllib.parse
 from typing import Any
 
-from etcd3gw import exceptions as etcd_errors
 from etcd3gw.client import Etcd3Client
 
 from opcache_guard.errors import ConfigError, SlotError
+from opcache_guard.etcdfailover import call_first_reachable
 from opcache_guard.slots.base import (
     GroupPolicy,
     Holder,
@@ -192,19 +192,13 @@ class EtcdBackend(SlotBackend):
         Raises:
             SlotError: every endpoint failed, or etcd rejected the request.
         """
-        failures = []
-        for client in self.clients:
-            try:
-                reply: dict[str, Any] = client.post(client.get_url(path), json=payload)
-                return reply
-            except (etcd_errors.ConnectionFailedError,
-                    etcd_errors.ConnectionTimeoutError) as exc:
-                failures.append(f"{client.base_url}: {exc}")
-            except etcd_errors.Etcd3Exception as exc:
-                raise SlotError(f"etcd at {client.base_url} rejected {path}: "
-                                f"{exc.detail_text or exc}") from exc
-        raise SlotError(f"no etcd endpoint responded to {path}: {'; '.join(failures)}; check "
-                        "[slots] endpoints")
+        def post(client: Etcd3Client) -> dict[str, Any]:
+            reply: dict[str, Any] = client.post(client.get_url(path), json=payload)
+            return reply
+
+        endpoints = [(str(client.base_url), client) for client in self.clients]
+        return call_first_reachable(endpoints, post, SlotError, f"to {path}",
+                                    "check [slots] endpoints")
 
     def revoke(self, lease_id: int) -> None:
         """Revoke a lease, deleting its key; a lease that already expired is fine.
