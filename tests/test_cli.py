@@ -198,3 +198,15 @@ def test_check_flags_invalid_host_config(lab: LabRecord, tmp_path: Path) -> None
     assert result.returncode == 2
     assert "restart and the agent cannot run" in result.stdout
     assert "drain_timout" in result.stdout
+
+
+def test_agent_logs_decisions_without_verbose(lab: LabRecord, fpm_dir: Path) -> None:
+    host = Path(lab.directory) / "hosts" / "app1.toml"
+    log_path = fpm_dir / "agent.log"
+    argv = [sys.executable, "-m", "opcache_guard", "agent", "-c", str(host), "--interval", "1"]
+    process = procs.spawn(argv, log_path)
+    try:
+        assert procs.wait_until(lambda: "no action on app1" in log_path.read_text(), 20)
+    finally:
+        procs.stop(process.pid, "agent")
+    assert "Traceback" not in log_path.read_text()

@@ -1,3 +1,5 @@
+import sqlite3
+
 import pytest
 from restart_support import lb_of, master_pid, open_host, write_host_config
 
@@ -134,3 +136,56 @@ def test_unfinished_run_blocks_new_restart(fpm_master, fpm_dir):
 
     with pytest.raises(RestartError, match="run 'opcache-guard repair'"):
         SafeRestart(host, backends).run()
+
+
+def test_missing_fpm_program_aborts(fpm_master, fpm_dir):
+    spec = fpm_master()
+    old_pid = master_pid(spec)
+    command = [str(fpm_dir / "no-such-php-fpm"), *spec.command()[1:]]
+    host, backends = open_host(write_host_config(fpm_dir, spec, fpm={"command": command}))
+
+    outcome = SafeRestart(host, backends).run()
+
+    assert outcome.state == State.ABORTED
+    assert "not an executable file" in outcome.message
+    assert master_pid(spec) == old_pid
+    assert lb_of(backends).state() == LbState.POOLED
+    assert backends.slots.holders("web") == []
+    assert unresolved_runs(backends.store) == []
+
+
+def test_lost_slot_aborts_before_restart(fpm_master, fpm_dir):
+    spec = fpm_master()
+    old_pid = master_pid(spec)
+    slots_db = fpm_dir / "slots.db"
+    host, backends = open_host(write_host_config(
+        fpm_dir, spec, slots={"backend": "sqlite", "path": str(slots_db)}))
+
+    def lose_slot(state: State) -> None:
+        # Another run freed the slot while this one drained, as an expired lease would.
+        if state == State.DISABLING:
+            with sqlite3.connect(slots_db) as conn:
+                conn.execute("DELETE FROM slots")
+
+    outcome = SafeRestart(host, backends, on_enter=lose_slot).run()
+
+    assert outcome.state == State.ABORTED
+    assert "lost" in outcome.message
+    assert master_pid(spec) == old_pid
+    assert lb_of(backends).state() == LbState.POOLED
+
+
+def test_failed_run_keeps_its_slot(fpm_master, fpm_dir):
+    spec = fpm_master()
+    slots_db = fpm_dir / "slots.db"
+    health = spec.docroot / "health.php"
+    health.write_text("<?php http_response_code(503);")
+    host, backends = open_host(write_host_config(
+        fpm_dir, spec, slots={"backend": "sqlite", "path": str(slots_db)},
+        restart={"health_script": str(health), "verify_timeout": 2}))
+
+    outcome = SafeRestart(host, backends).run()
+
+    assert outcome.state == State.FAILED
+    assert [holder.host for holder in backends.slots.holders("web")] == ["app1"]
+    assert backends.slots.acquire("web", "app2", "test", 0) is None
