@@ -210,3 +210,12 @@ def test_agent_logs_decisions_without_verbose(lab: LabRecord, fpm_dir: Path) -> 
     finally:
         procs.stop(process.pid, "agent")
     assert "Traceback" not in log_path.read_text()
+
+
+def test_metrics_show_zero_unresolved_runs(lab: LabRecord) -> None:
+    host = str(Path(lab.directory) / "hosts" / "app1.toml")
+    assert run("agent", "--once", "-c", host).returncode == 0
+    result = run("metrics", "-c", host)
+    assert result.returncode == 0
+    assert 'opcache_guard_restart_runs_unresolved{host="app1"} 0.0' in result.stdout
+    assert 'opcache_guard_agent_cycles_total{host="app1"} 1.0' in result.stdout

@@ -71,8 +71,9 @@ def test_two_agents_one_slot(slots: str) -> None:
         sampler = Sampler(lab)
         sampler.start()
         agents = [start_agent(lab, name) for name in HOSTS]
-        assert procs.wait_until(lambda: all("no action on" in agent_log(lab, name)
-                                            for name in HOSTS), 20)
+        started = procs.wait_until(lambda: all("no action on" in agent_log(lab, name)
+                                               for name in HOSTS), 40)
+        assert started, {name: agent_log(lab, name)[-2000:] for name in HOSTS}
         # Both agents now check every 2 s. A request held in flight for longer than that
         # keeps whichever takes the slot first draining while the other one requests it.
         for name in HOSTS:

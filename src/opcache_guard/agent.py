@@ -50,7 +50,7 @@ _COUNTED = {"restart": "restarts_done", "restart_failed": "restarts_failed",
 
 @dataclasses.dataclass
 class Decision:
-    """What one cycle decided: an action among ACTIONS and the sentence that explains it."""
+    """The decision of one cycle: an action among ACTIONS and the sentence that explains it."""
 
     action: str
     message: str
@@ -195,7 +195,9 @@ class AgentCollector(Collector):
         action = GaugeMetricFamily("opcache_guard_agent_last_action",
                                    "1 for the action the agent's last cycle took",
                                    labels=["host", "action"])
-        for row in agent_state(self.store):
+
+        rows = agent_state(self.store)
+        for row in rows:
             host = row["host"]
             cycles.add_metric([host], row["cycles"])
             restarts.add_metric([host, "done"], row["restarts_done"])
@@ -205,14 +207,18 @@ class AgentCollector(Collector):
             last.add_metric([host], row["last_cycle"])
             for name in ACTIONS:
                 action.add_metric([host, name], 1.0 if row["last_action"] == name else 0.0)
+
         unresolved = GaugeMetricFamily("opcache_guard_restart_runs_unresolved",
                                        "Restart runs FAILED or left unfinished",
                                        labels=["host"])
-        counts: dict[str, int] = {}
+        # Every host the agent has run for gets a sample, 0 included, so alerts on the
+        # metric do not depend on its absence.
+        counts: dict[str, int] = {row["host"]: 0 for row in rows}
         for run in unresolved_runs(self.store):
             counts[run.host] = counts.get(run.host, 0) + 1
         for host, count in sorted(counts.items()):
             unresolved.add_metric([host], count)
+
         yield from (cycles, restarts, waits, errors, last, action, unresolved)
 
 

@@ -126,8 +126,8 @@ def check(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) 
 def metrics(config_path: Path | None, addresses: tuple[str, ...], no_state: bool) -> None:
     """Print Prometheus metrics for every pool to stdout (for the textfile collector).
 
-    A pool that cannot be read is reported as opcache_guard_up 0 and on stderr; the exit
-    status stays 0 because the metrics themselves carry the failure.
+    A pool that cannot be read is reported as opcache_guard_up 0 and on stderr. The exit
+    status stays 0, because the metrics themselves carry the failure.
     """
     started = time.monotonic()
     config, results = _results(config_path, addresses, no_state)

@@ -54,8 +54,8 @@ class PoolConfig:
     ping_response: str = "pong"
     script_path: str = ""
     chroot: str = ""
-    # "page" reads FPM state from the status page; "function" from fpm_get_status() inside
-    # the status script, one round trip fewer but exposed to a worker crash in PHP 8.1-8.4.
+    # "page" reads FPM state from the status page. "function" calls fpm_get_status() in the
+    # status script, which saves a round trip but can crash the worker (php-src issue 19974).
     fpm_status: str = "page"
 
     @property

@@ -1,9 +1,9 @@
 """The demo behind the README's first command: watch OPcache fill up, then guard the fleet.
 
-Act one starts a lab of three masters behind HAProxy, shows healthy pools, deploys generated
-code into app1 and rewrites it until OPcache fills and waste grows, running the real
-``check`` command at each change of verdict (OK, then WARNING, then CRITICAL with a restart
-due), and keeps rewriting until OPcache restarts itself and ``check`` reports that.
+Act one starts a lab of three masters behind HAProxy and shows healthy pools. It deploys
+generated code into app1 and rewrites it until OPcache fills and waste grows. At each new
+finding it runs the real ``check`` command, which goes from OK to WARNING to CRITICAL with a
+restart due. It keeps rewriting until OPcache restarts itself and ``check`` reports that.
 
 Act two runs wrk load through HAProxy, fills app2 and app3 until a restart is due, and
 starts one agent per host. The agents restart every host that needs it, one at a time (the
@@ -23,7 +23,7 @@ from opcache_guard.config import load_config
 from opcache_guard.errors import LabError
 from opcache_guard.fpm import local
 from opcache_guard.health import Status
-from opcache_guard.lab import LabRecord, lab_directory, lab_down, lab_up
+from opcache_guard.lab import LabMaster, LabRecord, lab_directory, lab_down, lab_up
 from opcache_guard.labfill import Filler
 from opcache_guard.labguard import guard_fleet, run_cli
 
@@ -49,46 +49,61 @@ def run_demo(directory: Path, pools: int) -> dict[str, int]:
 
 def _stages(record: LabRecord) -> dict[str, int]:
     config_path = str(record.config_path)
-    config = load_config(record.config_path)
-    target = record.masters[0]
     stages = {"fresh": run_cli("status", "-c", config_path)}
     stages["fresh_check"] = run_cli("check", "-c", config_path)
+
+    target = record.masters[0]
     click.secho(f"\nDeploying generated code into {target.name} and rewriting it in place, "
                 "as an rsync deploy does...", fg="cyan")
+    _fill_until_self_restart(record, target, stages)
+
+    run_cli("status", "-c", config_path)
+    return stages
+
+
+def _fill_until_self_restart(record: LabRecord, target: LabMaster,
+                             stages: dict[str, int]) -> None:
+    """Deploy into target, running check at each new finding, until OPcache restarts itself.
+
+    Raises:
+        LabError: the pool could not be read, or OPcache never restarted itself.
+    """
+    config_path = str(record.config_path)
+    config = load_config(record.config_path)
     filler = Filler(Path(target.directory) / "docroot", target.listen)
     seen: set[tuple[Status, str]] = set()
     restarts_before = None
+
     for step in range(MAX_STEPS):
         if step < 12:
             filler.add_files(6)
         else:
             filler.rewrite(2)
+
         result = next(r for r in check_pools(config) if r.pool.name == target.name)
-        sample = result.sample
-        if sample is None:
+        if result.sample is None:
             raise LabError(f"lost the lab pool {target.name}: {result.error}")
-        restarts = sample.opcache.oom_restarts + sample.opcache.hash_restarts
+        restarts = result.sample.opcache.oom_restarts + result.sample.opcache.hash_restarts
         if restarts_before is None:
             restarts_before = restarts
-        status = result.verdict.status
         if restarts > restarts_before:
             click.secho(f"\nOPcache of {target.name} restarted itself after {step + 1} deploy "
                         "steps.", fg="red")
             stages["self_restart"] = run_cli("check", "-c", config_path)
-            break
-        new = {(f.status, f.code) for f in result.verdict.findings} - seen
-        if new:
-            seen |= new
-            stages.setdefault(status.name.lower(), run_cli("check", "-c", config_path))
-            if result.verdict.restart_due and "restart_due" not in stages:
-                stages["restart_due"] = int(status)
-                click.secho("\nA guarded fleet would restart this master now. The demo keeps "
-                            "deploying to show what happens otherwise...", fg="cyan")
-    else:
-        raise LabError(f"OPcache of {target.name} did not restart itself within {MAX_STEPS} "
-                       "steps")
-    run_cli("status", "-c", config_path)
-    return stages
+            return
+
+        new = {(finding.status, finding.code) for finding in result.verdict.findings} - seen
+        if not new:
+            continue
+        seen |= new
+        code = run_cli("check", "-c", config_path)
+        stages.setdefault(result.verdict.status.name.lower(), code)
+        if result.verdict.restart_due and "restart_due" not in stages:
+            stages["restart_due"] = int(result.verdict.status)
+            click.secho("\nA guarded fleet would restart this master now. The demo keeps "
+                        "deploying to show what happens otherwise...", fg="cyan")
+
+    raise LabError(f"OPcache of {target.name} did not restart itself within {MAX_STEPS} steps")
 
 
 @click.command("demo")

@@ -62,7 +62,7 @@ class ProtocolError(FastCGIError):
 
 
 class ProbeError(GuardError):
-    """A pool answered, but the answer is not a usable reading."""
+    """A pool replied, but the reply is not a usable reading."""
 
 
 class StateError(GuardError):

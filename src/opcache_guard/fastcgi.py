@@ -1,10 +1,10 @@
 """A small FastCGI client for talking to php-fpm pools.
 
 The protocol is FastCGI 1.0 (records of an 8-byte header, content and padding). Only the
-responder role is used. The client speaks over TCP (IPv4 and IPv6) or unix sockets, has
-separate connect and read timeouts, can keep a connection open between requests
-(FCGI_KEEP_CONN), and bounds how much it will read so that a misbehaving peer cannot make it
-hang or grow without limit.
+responder role is used. The client connects over TCP (IPv4 and IPv6) or unix sockets, with
+separate connect and read timeouts, and can keep a connection open between requests
+(FCGI_KEEP_CONN). It bounds how long it waits and how much it reads, so a misbehaving peer
+cannot make it hang or grow without limit.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class ProtocolStatus(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Address:
-    """Where a pool listens: a unix socket path or a TCP host and port."""
+    """A pool's listen address: a unix socket path, or a TCP host and port."""
 
     family: str
     host: str = ""
@@ -93,7 +93,7 @@ def parse_address(text: str) -> Address:
     ``[::1]:port``.
 
     Raises:
-        ConfigError: the text is none of those forms, or the port is out of range.
+        ConfigError: the text matches none of those forms, or the port is out of range.
     """
     value = text.strip()
     if value.startswith("unix:"):
@@ -202,7 +202,8 @@ def decode_params(data: bytes) -> dict[str, str]:
 class RecordDecoder:
     """Incremental decoder: feed it bytes as they arrive and collect whole records.
 
-    It never waits and never grows past ``max_buffer`` bytes of pending input.
+    It never blocks, and raises ProtocolError once more than ``max_buffer`` bytes of input
+    are pending, so a peer cannot make it buffer without limit.
     """
 
     def __init__(self, max_buffer: int = HEADER_SIZE + MAX_CONTENT + 255) -> None:

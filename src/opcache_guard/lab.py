@@ -83,7 +83,7 @@ class LabMaster:
 
 @dataclasses.dataclass
 class LabRecord:
-    """What ``lab up`` started, as stored in lab.json."""
+    """The record of the processes ``lab up`` started, as stored in lab.json."""
 
     directory: str
     masters: list[LabMaster]
@@ -342,7 +342,7 @@ def status_command(directory: Path | None) -> None:
 
 
 def _print_haproxy(haproxy: HaproxyServer) -> bool:
-    """Print HAProxy's servers; return whether HAProxy runs and answers."""
+    """Print HAProxy's servers and return whether HAProxy runs and responds."""
     running = procs.is_alive(haproxy.pid)
     click.echo(f"HAProxy pid {haproxy.pid} ({'running' if running else 'not running'}) on "
                f"{haproxy.url}")

@@ -1,7 +1,7 @@
 """Directories and files that PHP executes: created so that only we can have placed them.
 
 php-fpm runs whatever file a request names, so a directory we put PHP files in must be ours,
-writable by nobody else, and sit below directories nobody else can rename or replace. The
+writable by no other user, and below directories no other user can rename or replace. The
 pool's workers (``nobody`` or ``www-data``) must still be able to enter and read it. Files
 are written under a random name with ``O_EXCL`` and moved into place with one rename, so a
 reader sees either the old or the new content, as after an rsync deploy.

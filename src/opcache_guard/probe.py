@@ -107,8 +107,8 @@ class Prober:
                 try:
                     reply = client.get(script_filename, script_name, query)
                 except ConnectError as exc:
-                    # A reset means a worker died mid-request (it crashed or was recycled);
-                    # another worker may well answer.
+                    # A reset means a worker died mid-request, because it crashed or was
+                    # recycled. Another worker may well reply.
                     if attempt == 1 and "reset" in str(exc).lower():
                         log.warning("retrying the probe of %s: %s", pool.location, exc)
                         continue

@@ -6,8 +6,9 @@ line, a conftool key, whatever the operator's commands address). Every backend g
 - ``state`` and ``in_flight`` only read (they are safe in a dry run) and finish within the
   backend's timeout or raise ``LoadBalancerError``.
 - ``depool`` stops new requests reaching the server; requests already running finish.
-  ``disable`` is called once the server has drained and takes it fully out (for HAProxy,
-  maintenance mode, which also pauses health checks during the restart); it may do nothing.
+  ``disable`` is called once the server has drained and takes it fully out. For HAProxy
+  that is maintenance mode, which also pauses health checks during the restart. Other
+  backends may do nothing.
   ``pool`` puts the server back into rotation.
 - The three changes are idempotent: repeating one after a crash is harmless.
 - A change either takes effect or raises ``LoadBalancerError``; a backend never reports
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class LbState(enum.Enum):
-    """Where a server stands in its load balancer."""
+    """The state of a server in its load balancer."""
 
     POOLED = "pooled"
     DRAINING = "draining"

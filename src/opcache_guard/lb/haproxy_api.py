@@ -2,8 +2,8 @@
 
 Without the interactive ``prompt`` mode, HAProxy reads one line, writes the whole response and
 closes the connection, so a command is: connect, send the line, read until end of file.
-The admin socket is a unix socket or a TCP port; a TCP socket must be on loopback, because the
-runtime API has no authentication and should never be reached over a network.
+The admin socket is a unix socket or a TCP port. A TCP socket must be on loopback, because the
+runtime API has no authentication and must not be reachable over a network.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ Decisions kept here:
 - When the host has not drained within ``drain_timeout``, the run is aborted: the host is
   pooled back and the slot released. ``force`` restarts without depooling, so an operator
   who accepts dropped requests reruns with ``--force``.
-- A failure from the restart on (or a failed verification) ends in FAILED: the host is
-  depooled and stays out until an operator acts, it is reported CRITICAL, and its slot is
-  pinned so it keeps counting against the group's limit. A check that fails before the
+- A failure from the restart on (or a failed verification) ends in FAILED. The host is
+  depooled and stays out until an operator acts, and it is reported CRITICAL. Its slot is
+  pinned, so it keeps counting against the group's limit. A check that fails before the
   running master is stopped (FpmCheckError) aborts instead: the host goes back as it was.
 - Before the restart, the slot is refreshed: a slot lost during a long drain aborts the run.
 - A dry run logs every step with "would". It takes no slot, writes no journal row, sends
@@ -103,7 +103,7 @@ class SafeRestart:
 
     def run(self) -> Outcome:
         """Run a new safe restart to its end; see the module docstring for the decisions."""
-        self._refuse_concurrent_run()
+        self._reject_concurrent_run()
         if not self.dry_run:
             self.run_record = self.journal.create(self.host.name, self.host.group, self.reason,
                                                   self.force)
@@ -114,7 +114,7 @@ class SafeRestart:
             self.on_enter(State.ACQUIRING)
         return self._loop()
 
-    def _refuse_concurrent_run(self) -> None:
+    def _reject_concurrent_run(self) -> None:
         """Raise RestartError while an earlier run of this host is FAILED or unfinished."""
         for run in self.journal.runs(self.host.name, unresolved=True):
             if run.in_progress:
@@ -335,7 +335,7 @@ class SafeRestart:
             self.slot = None
             return
         # NOTE: PoolCounter frees a slot with its connection, so a FAILED host there is out
-        # of service without a slot until an operator pools it; check reports it CRITICAL.
+        # of service without a slot until an operator pools it. check reports it CRITICAL.
         log.warning("%s cannot keep a slot after this process exits; the FAILED host %s no "
                     "longer counts against group %s", self.backends.slots.name, self.where,
                     self.host.group)

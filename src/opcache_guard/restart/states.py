@@ -58,7 +58,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.SKIPPED: frozenset(),
 }
 
-#: Where a run goes when the step of a state raises a GuardError.
+#: The next state of a run whose step raised a GuardError, by the state of that step.
 ON_ERROR: dict[State, State] = {
     S.ACQUIRING: S.ABORTING,
     S.DEPOOLING: S.ABORTING,
@@ -132,6 +132,6 @@ class Run:
                 and owner_alive(self.owner))
 
     def describe(self) -> str:
-        """One line for reports: id, host, state and why."""
+        """Return one line for reports: id, host, state and cause."""
         detail = f": {self.error}" if self.error else ""
         return f"run {self.id} of {self.host} ({self.reason}) is {self.state.name}{detail}"

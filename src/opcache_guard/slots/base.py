@@ -7,8 +7,8 @@ demand a minimum number of pooled hosts. Every backend guarantees:
 
 - Counting the holders and taking a slot is one atomic step: no interleaving of takers, on
   one machine or many, lets a group exceed its limit.
-- ``acquire`` waits at most ``timeout`` seconds and returns None when no slot came free; it
-  raises ``SlotError`` only when the backend itself failed or is unreachable.
+- ``acquire`` waits at most ``timeout`` seconds and returns None when no slot came free.
+  It raises ``SlotError`` only when the backend itself failed or is unreachable.
 - Taking a slot twice for the same host and holder returns the slot already held, so a
   repeat after a crash never takes two.
 - A holder that dies without releasing does not keep its slot forever: etcd expires the
@@ -87,7 +87,7 @@ class GroupPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class Holder:
-    """Who holds a slot, why, and since when (Unix seconds)."""
+    """The holder of a slot: host, holder id, reason, and start time (Unix seconds)."""
 
     group: str
     host: str
@@ -294,7 +294,7 @@ class SlotBackend(abc.ABC):
 
     @abc.abstractmethod
     def holders(self, group: str) -> list[Holder]:
-        """Return who holds the group's slots now."""
+        """Return the current holders of the group's slots."""
 
     def release_stale(self, group: str, host: str) -> bool:
         """Free a slot a crashed run of ours left for host; return whether one was freed.
